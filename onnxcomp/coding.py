@@ -1,0 +1,111 @@
+"""Encoder side of ``ai.onnxcomp::EntropyDecode``: integer coding tables and ANS encoding.
+
+Tables are built once here, with integer arithmetic only, and stored in the file; decoders read
+them and never rebuild them (the tensorflow_compression / CompressAI discipline). The decoder is
+``onnxcomp.runtime.entropy_decode``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxcomp.runtime import format as fmt
+from onnxcomp.runtime.entropy_decode import crc32_of
+
+
+def quantize_counts(counts: np.ndarray, precision: int = fmt.PRECISION) -> np.ndarray:
+    """Integer frequencies f >= 1 summing to 2**precision, close to ``counts`` in code length.
+
+    Deterministic integer arithmetic (largest-remainder rounding, ties to the lower index), so the
+    same counts give the same table on every machine. Needs len(counts) >= 2.
+    """
+    c = np.asarray(counts, dtype=np.int64)
+    k = c.size
+    total = 1 << precision
+    if k < 2 or k > total // 2:
+        raise ValueError(f"alphabet of {k} symbols does not fit a {precision}-bit table")
+    n = int(c.sum())
+    if n == 0:
+        c = np.ones(k, np.int64)
+        n = k
+    spare = total - k  # every symbol gets 1 for free, the rest is shared in proportion
+    scaled = c * spare  # < 2**63: counts are tensor sizes (< 2**39) times spare (< 2**24)
+    f = 1 + scaled // n
+    remainder = scaled % n
+    left = total - int(f.sum())
+    if left:
+        order = np.lexsort((np.arange(k), -remainder))  # largest remainder first, then index
+        f[order[:left]] += 1
+    return f
+
+
+@dataclass(frozen=True)
+class EncodedTensor:
+    """What one EntropyDecode node stores, plus the figures the report needs."""
+
+    bitstream: np.ndarray  # uint8
+    frequencies: np.ndarray  # int32
+    offset: int
+    shape: tuple[int, ...]
+    crc32: int
+    ideal_bits: float  # sum of -log2(f[s] / 2**precision) over the symbols: the table's code length
+    empirical_entropy_bits: float  # n * H(histogram): the best any static table could do
+
+    @property
+    def payload_bytes(self) -> int:
+        return self.bitstream.nbytes + self.frequencies.nbytes + 4 + 8 * len(self.shape)
+
+
+def encode_tensor(values: np.ndarray) -> EncodedTensor:
+    """ANS-code an integer tensor under a table built from its own histogram (exact, lossless)."""
+    import constriction
+
+    v = np.asarray(values)
+    if v.dtype.kind not in "iu":
+        raise TypeError(f"entropy coding needs integers, got {v.dtype}")
+    flat = v.reshape(-1).astype(np.int64)
+    lo = int(flat.min()) if flat.size else 0
+    hi = int(flat.max()) if flat.size else 0
+    if hi - lo + 1 > fmt.MAX_SYMBOLS:
+        raise ValueError(f"value range {lo}..{hi} exceeds {fmt.MAX_SYMBOLS} symbols")
+    counts = np.bincount(flat - lo, minlength=max(2, hi - lo + 1)) if flat.size else np.zeros(2, np.int64)
+    freqs = quantize_counts(counts)
+    symbols = (flat - lo).astype(np.int32)
+    model = constriction.stream.model.Categorical((freqs - 1).astype(np.float64), perfect=False)
+    coder = constriction.stream.stack.AnsCoder()
+    if symbols.size:
+        coder.encode_reverse(symbols, model)
+    words = coder.get_compressed().astype("<u4")
+    nz = counts[counts > 0]
+    ideal = float(-(counts * np.log2(freqs / float(1 << fmt.PRECISION))).sum())
+    entropy = float(-(nz * np.log2(nz / max(1, flat.size))).sum()) if flat.size else 0.0
+    return EncodedTensor(
+        bitstream=np.frombuffer(words.tobytes(), dtype=np.uint8).copy(),
+        frequencies=freqs.astype(np.int32),
+        offset=lo,
+        shape=tuple(int(d) for d in v.shape),
+        crc32=crc32_of(v.astype(np.int32)),
+        ideal_bits=ideal,
+        empirical_entropy_bits=entropy,
+    )
+
+
+def narrowest_int_dtype(lo: int, hi: int) -> np.dtype:
+    """The smallest signed integer dtype that holds lo..hi (for tensors stored raw, not coded)."""
+    for dt in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def entropy_bits(values: np.ndarray) -> float:
+    """Shannon entropy of the value histogram, in bits per element."""
+    v = np.asarray(values).reshape(-1)
+    if v.size == 0:
+        return 0.0
+    _, counts = np.unique(v, return_counts=True)
+    p = counts / v.size
+    return float(-(p * np.log2(p)).sum())

@@ -1,0 +1,118 @@
+"""The compile driver: file in, pipeline, file out, report. The CLI and the Python API call this.
+
+The caller's model is never changed (the driver loads its own copy), the output is written
+atomically, and ``compress`` reads only the train and validation splits of the data: the test
+split is for ``onnxcomp eval`` alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from onnxcomp.errors import DataError
+from onnxcomp.model_io import load_model, save_model, to_proto, write_bytes_atomic
+from onnxcomp.pass_base import CompileContext
+from onnxcomp.pipeline import parse_pipeline
+from onnxcomp.report import payload_bytes, tensor_rows, weight_params
+
+
+def load_compile_data(spec: str, model_proto) -> Any:
+    """Train/val splits of a data spec for compiling; refuses test-only specs."""
+    from onnxcomp.data import Data, load_data, model_input_shapes
+
+    if spec.endswith(":test"):
+        raise DataError(f"data spec {spec!r}: compress never reads a test split; use it with 'onnxcomp eval'")
+    data = load_data(spec, model_input_shapes(model_proto))
+    return Data(data.spec, data.train, data.val, None)
+
+
+def validation_error(model_bytes: bytes, split) -> float:
+    import onnxcomp.runtime as rt
+    from onnxcomp.metrics import evaluate_session
+
+    return evaluate_session(rt.InferenceSession(model_bytes), split)
+
+
+def compress(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    pipeline: str = "ptq",
+    data: str | None = None,
+    max_error_increase: float | None = None,
+    seed: int = 0,
+    report_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+) -> dict[str, Any]:
+    """Compress ``input_path`` into ``output_path``; returns the report (also written as JSON)."""
+    if not progress:
+        say = lambda s: None  # noqa: E731
+    pipe = parse_pipeline(pipeline)  # reject bad pipelines before any work
+    if max_error_increase is not None:
+        if not 0.0 <= max_error_increase < 1.0:
+            raise DataError(f"--max-error-increase {max_error_increase} must be a fraction in [0, 1), e.g. 0.001")
+        if data is None:
+            raise DataError("--max-error-increase needs --data (the validation split measures the error)")
+    np.random.seed(seed)
+    model = load_model(input_path)
+    original_proto = to_proto(model)
+    original_bytes = Path(input_path).stat().st_size
+    original_payload = payload_bytes(model)
+    original_weights = weight_params(model)
+    dataset = load_compile_data(data, original_proto) if data else None
+    context = CompileContext(data=dataset, seed=seed, max_error_increase=max_error_increase, progress=progress)
+    say(f"pipeline: {pipe}")
+    n = len(pipe.passes)
+    counter = iter(range(1, n + 1))
+    timings = pipe.run(model, context, on_pass=lambda p: say(f"[{next(counter)}/{n}] {p}"))
+    written = save_model(model, output_path)
+
+    params = sum(int(np.prod(s)) if s else 1 for s in original_weights.values())
+    payload = payload_bytes(model)
+    notes = context.tensor_notes
+    coded = [v for v in notes.values() if v.get("codec") == "ans"]
+    report: dict[str, Any] = {
+        "input": str(input_path),
+        "output": str(output_path),
+        "pipeline": str(pipe),
+        "seed": seed,
+        "original_bytes": original_bytes,
+        "compressed_bytes": written,
+        "original_payload_bytes": original_payload,
+        "payload_bytes": payload,
+        "params": params,
+        "bits_per_param": 8.0 * payload / max(1, params),
+        "ans_bitstream_bytes": int(sum(v["bitstream_bytes"] for v in coded)),
+        "ans_ideal_bytes": float(sum(v["ideal_bits"] for v in coded) / 8.0),
+        "tensors": tensor_rows(original_weights, model, notes),
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "notes": context.log,
+    }
+    if dataset is not None and dataset.val is not None:
+        say("evaluating on the validation split")
+        t = time.perf_counter()
+        report["metrics"] = {
+            "split": "val",
+            "samples": len(dataset.val),
+            "val_error_original": validation_error(original_proto.SerializeToString(), dataset.val),
+            "val_error": validation_error(Path(output_path).read_bytes(), dataset.val),
+        }
+        if "__search__" in notes:
+            report["metrics"]["search"] = notes["__search__"]
+        report["timings_s"]["evaluate"] = round(time.perf_counter() - t, 4)
+    if report_path:
+        write_json(report_path, report)
+    return report
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(dest, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

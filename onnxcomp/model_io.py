@@ -1,0 +1,104 @@
+"""Reading, writing and verifying models: the edges where files become IR and back.
+
+Loading turns every way a file can be bad into a ModelLoadError that names the file. Saving is
+atomic (temporary file in the destination folder, then rename), so an interrupted or failed run
+never leaves a partial output; models whose tensors exceed protobuf's 2 GB limit are written
+with external data beside the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from onnxcomp.errors import ModelError, ModelLoadError
+from onnxcomp.schemas import register_schemas
+
+PROTOBUF_LIMIT = 2**31 - 1
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # leave room for the graph itself under the 2 GB limit
+
+
+def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"{p}: no such file")
+    if not p.is_file():
+        raise ModelLoadError(f"{p}: not a file")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends carry no useful type
+        raise ModelLoadError(f"{p}: not a valid ONNX file (truncated or not ONNX: {type(exc).__name__})") from None
+    if not proto.HasField("graph") or proto.ir_version == 0:
+        raise ModelLoadError(f"{p}: not a valid ONNX model (no graph or IR version)")
+    try:
+        onnx.load_external_data_for_model(proto, str(p.parent))
+    except Exception as exc:
+        raise ModelLoadError(f"{p}: cannot read its external data ({exc})") from None
+    return proto
+
+
+def load_model(path: str | os.PathLike) -> ir.Model:
+    """Load a model (and its external data, into memory) as onnx-ir."""
+    proto = load_proto(path)
+    try:
+        return ir.serde.deserialize_model(proto)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: ONNX file could not be read into the IR ({exc})") from None
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    return ir.serde.serialize_model(model)
+
+
+def tensor_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def save_model(model: ir.Model, path: str | os.PathLike) -> int:
+    """Write atomically; returns the file size. External data above the protobuf limit."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+        return _save_with_external_data(model, dest)
+    data = to_proto(model).SerializeToString()
+    write_bytes_atomic(dest, data)
+    return len(data)
+
+
+def write_bytes_atomic(dest: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_with_external_data(model: ir.Model, dest: Path) -> int:
+    data_name = dest.name + ".data"
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmpdir:
+        tmp_model = Path(tmpdir) / dest.name
+        ir.save(model, tmp_model, external_data=data_name)
+        os.replace(Path(tmpdir) / data_name, dest.parent / data_name)
+        os.replace(tmp_model, dest)
+    return dest.stat().st_size
+
+
+def verify(model: ir.Model, after: str) -> None:
+    """Structural check of the model (onnx.checker), naming the pass that produced it."""
+    register_schemas()
+    if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+        return  # cannot serialize in memory for the checker; onnxruntime checks it at load
+    try:
+        onnx.checker.check_model(to_proto(model))
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(f"model is invalid after {after}: {first}") from None

@@ -1,0 +1,130 @@
+"""The pass contract and the registry of passes.
+
+A pass is a small in-place transformation of an onnx-ir model (``onnx_ir.passes.InPlacePass``):
+``call(model)`` returns ``PassResult(model, modified)``. Its options are dataclass fields with a
+default and a ``help`` text in the field metadata; pipelines set them by name
+(``quantize{bits=5}``). Passes that need more than the model (data, a seed, the report) read
+:class:`CompileContext`, which the pipeline runner hands to every pass before it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+
+from onnxcomp.errors import PipelineError
+
+
+@dataclass
+class CompileContext:
+    """What a compile run shares between passes."""
+
+    data: Any = None  # onnxcomp.data.Dataset or None: passes use only its train/val splits
+    seed: int = 0
+    max_error_increase: float | None = None
+    progress: bool = True
+    # Per-tensor facts passes record for the report, keyed by the weight's original name.
+    tensor_notes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)
+
+    def note(self, tensor: str, **facts: Any) -> None:
+        self.tensor_notes.setdefault(tensor, {}).update(facts)
+
+
+class CompressionPass(ir.passes.InPlacePass):
+    """Base of onnxcomp passes: kebab-case ``name``, options as dataclass fields."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    context: CompileContext
+
+    def __post_init__(self) -> None:
+        self.context = CompileContext()
+        self.validate_options()
+
+    def validate_options(self) -> None:
+        """Raise PipelineError naming the option when a value is out of range."""
+
+    @classmethod
+    def options(cls) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(cls) if f.init]
+
+    def changed_options(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in self.options() if getattr(self, f.name) != f.default}
+
+    def __str__(self) -> str:
+        opts = self.changed_options()
+        if not opts:
+            return self.name
+        return self.name + "{" + " ".join(f"{k}={format_value(v)}" for k, v in opts.items()) + "}"
+
+
+def format_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, tuple):
+        return ":".join(format_value(x) for x in v)
+    return str(v)
+
+
+def parse_value(pass_name: str, opt: dataclasses.Field, text: str, hints: dict[str, Any]) -> Any:
+    """Convert option text to the field's type (int, float, bool, str, tuple of float/int)."""
+    kind = hints[opt.name]
+    origin = typing.get_origin(kind)
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        if text in ("none", "None"):
+            return None
+        kind = args[0]
+        origin = typing.get_origin(kind)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if kind in (int, float, str):
+            return kind(text)
+        if origin is tuple:
+            elem = typing.get_args(kind)[0]
+            return tuple(elem(x) for x in text.split(":") if x)
+    except ValueError:
+        pass
+    else:
+        raise PipelineError(f"pass {pass_name!r}: option {opt.name!r} has unsupported type {kind}")
+    raise PipelineError(f"pass {pass_name!r}: option {opt.name}={text!r} is not a valid {getattr(kind, '__name__', kind)}")
+
+
+_REGISTRY: dict[str, type[CompressionPass]] = {}
+
+
+def register_pass(cls: type[CompressionPass]) -> type[CompressionPass]:
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"pass name {cls.name!r} is empty or registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered_passes() -> dict[str, type[CompressionPass]]:
+    import onnxcomp.passes  # noqa: F401  (importing the package registers every pass)
+
+    return dict(sorted(_REGISTRY.items()))
+
+
+def make_pass(name: str, raw_options: dict[str, str]) -> CompressionPass:
+    passes = registered_passes()
+    if name not in passes:
+        raise PipelineError(f"unknown pass {name!r}; valid passes: {', '.join(passes)}")
+    cls = passes[name]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in cls.options()}
+    kwargs = {}
+    for key, text in raw_options.items():
+        if key not in fields:
+            valid = ", ".join(fields) or "(none)"
+            raise PipelineError(f"pass {name!r} has no option {key!r}; valid options: {valid}")
+        kwargs[key] = parse_value(name, fields[key], text, hints)
+    return cls(**kwargs)

@@ -1,0 +1,82 @@
+"""Pipelines: text such as ``normalize,quantize{bits=5},pack`` or a preset name such as ``ptq``.
+
+``str(parse_pipeline(s))`` prints a canonical form that parses back to the same pipeline. Unknown
+passes and options are rejected up front, before any work, with the list of valid ones. The
+runner verifies the model after every pass and names the passes that ran when one fails.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from onnxcomp.errors import OnnxcompError, PassError, PipelineError
+from onnxcomp.model_io import verify
+from onnxcomp.pass_base import CompileContext, CompressionPass, make_pass
+
+PRESETS: dict[str, str] = {
+    "ptq": "normalize,quantize,pack",
+}
+
+_PASS_RE = re.compile(r"\s*([a-z][a-z0-9-]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    passes: tuple[CompressionPass, ...]
+
+    def __str__(self) -> str:
+        return ",".join(str(p) for p in self.passes)
+
+    def run(self, model: ir.Model, context: CompileContext, on_pass=None) -> dict[str, float]:
+        """Run every pass in place, verifying after each; returns seconds per pass."""
+        timings: dict[str, float] = {}
+        done: list[str] = []
+        for p in self.passes:
+            p.context = context
+            if on_pass:
+                on_pass(p)
+            start = time.perf_counter()
+            try:
+                p(model)
+            except OnnxcompError:
+                raise
+            except ir.passes.PassError as exc:
+                raise PassError(f"pass {p.name!r} failed after [{', '.join(done)}]: {exc}") from exc
+            verify(model, after=f"pass {p.name!r}")
+            timings[str(p)] = time.perf_counter() - start
+            done.append(p.name)
+        return timings
+
+
+def parse_pipeline(text: str) -> Pipeline:
+    """Parse a pipeline string or preset; raise PipelineError on anything unknown or malformed."""
+    spec = PRESETS.get(text.strip(), text)
+    passes = []
+    pos = 0
+    spec = spec.strip()
+    if not spec:
+        raise PipelineError("empty pipeline; presets: " + ", ".join(PRESETS))
+    while pos < len(spec):
+        m = _PASS_RE.match(spec, pos)
+        if not m or m.end() == pos:
+            raise PipelineError(f"cannot parse pipeline {text!r} at character {pos}: {spec[pos:pos + 20]!r}")
+        name, opts = m.group(1), m.group(2)
+        passes.append(make_pass(name, _parse_options(name, opts or "")))
+        pos = m.end()
+    return Pipeline(tuple(passes))
+
+
+def _parse_options(pass_name: str, text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise PipelineError(f"pass {pass_name!r}: option {item!r} must be written key=value")
+        if key in out:
+            raise PipelineError(f"pass {pass_name!r}: option {key!r} given twice")
+        out[key] = value
+    return out

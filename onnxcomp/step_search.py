@@ -1,0 +1,136 @@
+"""Data-driven step search for ``quantize``: the coarsest steps within an error budget.
+
+The budget is the original model's error on the validation split plus ``max_error_increase``
+(a fraction: 0.001 = 0.1 percentage point). The error is the classification error when the split
+has labels, otherwise the rate at which the top-1 prediction differs from the original model's
+(so unlabeled data still works). Two phases, each monotone in practice:
+
+1. one global ``bits`` for all weights (biases keep their extra bits), found by bisection;
+2. greedy per-tensor coarsening, largest tensor first (it saves the most bytes), half a bit at a
+   time while the budget holds.
+
+Every evaluation runs one onnxruntime session in which the weights are graph inputs, so trying
+new steps costs one forward pass over the split, not a session build.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxcomp.data import Split
+from onnxcomp.errors import DataError
+from onnxcomp.metrics import classification_error
+from onnxcomp.weights import Weight
+
+BITS_LOW, BITS_HIGH, BITS_TOLERANCE = 1.0, 16.0, 0.125
+PER_TENSOR_STEP, PER_TENSOR_FLOOR = 0.5, 1.0
+
+
+class WeightSwapEvaluator:
+    """Error of the model on a split with some weights replaced, from one session."""
+
+    def __init__(self, model: ir.Model, weight_names: list[str], split: Split):
+        import onnxruntime as ort
+
+        proto = ir.serde.serialize_model(model)
+        names = set(weight_names)
+        kept = [t for t in proto.graph.initializer if t.name not in names]
+        moved = [t for t in proto.graph.initializer if t.name in names]
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(kept)
+        for t in moved:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        so = ort.SessionOptions()
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self.output = self.session.get_outputs()[0].name
+        self.data_inputs = [i.name for i in self.session.get_inputs() if i.name not in names]
+        missing = [n for n in self.data_inputs if n not in split.inputs]
+        if missing:
+            raise DataError(f"validation data has no array for model input(s) {missing}")
+        self.split = split
+        self.reference: np.ndarray | None = None
+
+    def predictions(self, weights: dict[str, np.ndarray]) -> np.ndarray:
+        outs = []
+        n = len(self.split)
+        for start in range(0, n, 1000):
+            feed = {k: self.split.inputs[k][start : start + 1000] for k in self.data_inputs}
+            feed.update(weights)
+            logits = self.session.run([self.output], feed)[0]
+            outs.append(np.asarray(logits).reshape(logits.shape[0], -1).argmax(axis=1))
+        return np.concatenate(outs)
+
+    def error(self, weights: dict[str, np.ndarray]) -> float:
+        pred = self.predictions(weights)
+        if self.split.labels is not None:
+            return float(np.mean(pred != self.split.labels))
+        if self.reference is None:
+            raise RuntimeError("set the reference predictions first (unlabeled data)")
+        return float(np.mean(pred != self.reference))
+
+
+def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[str, float]:
+    """Per-weight ``bits`` for quantize: the coarsest found within the error budget."""
+    from onnxcomp.quantize_math import dequantized
+
+    data = context.data
+    split = data.val if data is not None else None
+    if split is None:
+        raise DataError("--max-error-increase needs data with a validation split (e.g. --data mnist)")
+    budget_increase = context.max_error_increase
+    evaluator = WeightSwapEvaluator(model, [w.name for w in weights], split)
+    originals = {w.name: w.value.const_value.numpy() for w in weights}
+    if split.labels is None:
+        evaluator.reference = evaluator.predictions(originals)
+    base = evaluator.error(originals)
+    budget = base + budget_increase + 1e-12
+    say = (lambda msg: print(f"  quantize search: {msg}", file=sys.stderr, flush=True)) if context.progress else (lambda msg: None)
+    say(f"original validation error {base:.4%}, budget {budget:.4%} ({len(split)} samples)")
+    cache: dict[tuple[str, float], np.ndarray] = {}
+
+    def feed(bits: dict[str, float]) -> dict[str, np.ndarray]:
+        out = {}
+        for w in weights:
+            key = (w.name, bits[w.name])
+            if key not in cache:
+                cache[key] = dequantized(originals[w.name], qpass.steps(w, bits[w.name]))
+            out[w.name] = cache[key]
+        return out
+
+    def uniform(b: float) -> dict[str, float]:
+        return {w.name: b + (qpass.bias_bits if w.role == "bias" else 0.0) for w in weights}
+
+    lo, hi = BITS_LOW, BITS_HIGH
+    if evaluator.error(feed(uniform(hi))) > budget:
+        say(f"even {hi} bits exceed the budget; using {hi}")
+        return uniform(hi)
+    while hi - lo > BITS_TOLERANCE:
+        mid = (lo + hi) / 2
+        err = evaluator.error(feed(uniform(mid)))
+        say(f"bits={mid:.3f} error {err:.4%}")
+        if err <= budget:
+            hi = mid
+        else:
+            lo = mid
+    bits = uniform(hi)
+    say(f"global bits {hi:.3f}; refining per tensor")
+    for w in sorted((w for w in weights if w.role == "weight"), key=lambda w: -int(np.prod(w.shape))):
+        while bits[w.name] - PER_TENSOR_STEP >= PER_TENSOR_FLOOR:
+            trial = dict(bits)
+            trial[w.name] = bits[w.name] - PER_TENSOR_STEP
+            err = evaluator.error(feed(trial))
+            if err > budget:
+                break
+            bits = trial
+        say(f"{w.name}: bits {bits[w.name]:.3f}")
+    final = evaluator.error(feed(bits))
+    say(f"final validation error {final:.4%} (budget {budget:.4%})")
+    for w in weights:
+        context.note(w.name, bits=bits[w.name])
+    context.note("__search__", base_error=base, final_error=final, budget=budget)
+    return bits

@@ -1,0 +1,3 @@
+"""The passes of onnxcomp, one module each; importing this package registers them all."""
+
+from . import normalize, pack, quantize  # noqa: F401

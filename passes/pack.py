@@ -1,0 +1,112 @@
+"""``pack``: entropy-code integer latents into ``ai.onnxcomp::EntropyDecode`` nodes (FORMAT.md).
+
+Every integer initializer whose readers all take it as data (Cast, or Gather's indices) is coded
+with ANS under an integer table built from its own histogram, and replaced by an EntropyDecode
+node of the same output name, so the decode subgraph after it is unchanged. A tensor is stored
+raw instead, in the narrowest integer type, when that is smaller than bitstream + table (tiny
+tensors such as biases of a few values) and every reader is a Cast (which reads any integer type).
+Each coded tensor is decoded again right away and compared: pack never writes what it cannot read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxcomp.coding import EncodedTensor, encode_tensor, narrowest_int_dtype
+from onnxcomp.errors import PassError, PipelineError
+from onnxcomp.irutil import all_names, new_initializer, unique_name
+from onnxcomp.pass_base import CompressionPass, register_pass
+from onnxcomp.runtime import format as fmt
+from onnxcomp.runtime.entropy_decode import entropy_decode
+
+INT_TYPES = (ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32, ir.DataType.INT64,
+             ir.DataType.UINT8, ir.DataType.UINT16, ir.DataType.UINT32)
+
+
+def is_data_use(use: ir.Usage) -> bool:
+    node = use.node
+    if node.domain != "":
+        return False
+    return node.op_type == "Cast" or (node.op_type == "Gather" and use.idx == 1)
+
+
+@register_pass
+@dataclass
+class PackPass(CompressionPass):
+    name = "pack"
+    summary = "entropy-code integer latents into ai.onnxcomp::EntropyDecode nodes"
+
+    min_elements: int = field(default=16, metadata={"help": "smaller integer tensors are stored raw (narrowest type), not coded"})
+
+    def validate_options(self) -> None:
+        if self.min_elements < 1:
+            raise PipelineError(f"pass 'pack': option min_elements={self.min_elements} must be >= 1")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        taken = all_names(model)
+        modified = False
+        for name, value in list(graph.initializers.items()):
+            tensor = value.const_value
+            if tensor is None or tensor.dtype not in INT_TYPES:
+                continue
+            uses = list(value.uses())
+            if not uses or value.is_graph_output() or value.is_graph_input() or not all(is_data_use(u) for u in uses):
+                continue
+            array = tensor.numpy()
+            if array.size and (int(array.min()) < -(2**31) or int(array.max()) >= 2**31):
+                continue  # does not fit EntropyDecode's int32 output
+            cast_only = all(u.node.op_type == "Cast" for u in uses)
+            raw_dtype = narrowest_int_dtype(int(array.min()), int(array.max())) if array.size else np.dtype(np.int8)
+            raw_bytes = array.size * raw_dtype.itemsize
+            encoded = encode_tensor(array) if array.size >= self.min_elements else None
+            if encoded is None or (cast_only and raw_bytes <= encoded.payload_bytes):
+                if cast_only and raw_dtype != array.dtype:
+                    value.const_value = ir.tensor(array.astype(raw_dtype), name=name)
+                    value.dtype = ir.DataType.from_numpy(raw_dtype)
+                    modified = True
+                stored = value.const_value.dtype.name.lower()
+                self.context.note(name, codec=f"raw-{stored}", coded_bytes=int(value.const_value.nbytes))
+                continue
+            self._check_round_trip(name, array, encoded)
+            self._replace(model, value, encoded, taken)
+            self.context.note(name, codec="ans", coded_bytes=encoded.payload_bytes, bitstream_bytes=encoded.bitstream.nbytes,
+                              ideal_bits=encoded.ideal_bits, entropy_bits=encoded.empirical_entropy_bits)
+            modified = True
+        if modified and fmt.DOMAIN not in model.opset_imports:
+            model.opset_imports[fmt.DOMAIN] = fmt.DOMAIN_VERSION
+        return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def _check_round_trip(name: str, array: np.ndarray, enc: EncodedTensor) -> None:
+        back = entropy_decode(enc.bitstream, enc.frequencies, np.int32(enc.offset),
+                              np.array(enc.shape, np.int64), crc32=enc.crc32, where=name)
+        if not np.array_equal(back, array.astype(np.int32)):
+            raise PassError(f"pack: tensor {name!r} does not decode to itself (coder bug)")
+
+    @staticmethod
+    def _replace(model: ir.Model, value: ir.Value, enc: EncodedTensor, taken: set[str]) -> None:
+        graph = model.graph
+        name = value.name
+        inputs = [
+            new_initializer(graph, unique_name(model, f"{name}.bitstream", taken), enc.bitstream),
+            new_initializer(graph, unique_name(model, f"{name}.frequencies", taken), enc.frequencies),
+            new_initializer(graph, unique_name(model, f"{name}.offset", taken), np.array(enc.offset, np.int32)),
+            new_initializer(graph, unique_name(model, f"{name}.shape", taken), np.array(enc.shape, np.int64)),
+        ]
+        node = ir.Node(
+            fmt.DOMAIN, fmt.ENTROPY_DECODE, inputs,
+            {"format_version": ir.AttrInt64("format_version", fmt.ENTROPY_DECODE_VERSION),
+             "crc32": ir.AttrInt64("crc32", enc.crc32)},
+            name=unique_name(model, f"{name}/EntropyDecode", taken),
+        )
+        out = node.outputs[0]
+        out.dtype = ir.DataType.INT32
+        out.shape = ir.Shape(enc.shape)
+        graph.insert_before(graph[0], node)
+        value.replace_all_uses_with(out)
+        del graph.initializers[name]
+        out.name = name

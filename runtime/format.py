@@ -1,0 +1,30 @@
+"""Constants of the ``ai.onnxcomp`` custom domain. FORMAT.md is the normative spec; this module
+is its single source of numbers, shared by the encoder (``onnxcomp.passes.pack``) and every
+decoder (load-time, custom op, the tests' pure-Python reference)."""
+
+from __future__ import annotations
+
+DOMAIN = "ai.onnxcomp"
+DOMAIN_VERSION = 1
+
+ENTROPY_DECODE = "EntropyDecode"
+# Attribute ``format_version`` of EntropyDecode; a decoder refuses versions it does not know.
+ENTROPY_DECODE_VERSION = 1
+
+# ANS parameters of format version 1 (constriction's default stack coder): 32-bit words, a 64-bit
+# state, probabilities in 24-bit fixed point. Frequencies of a table sum to exactly 2**PRECISION.
+PRECISION = 24
+WORD_BITS = 32
+STATE_BITS = 64
+
+# Input order of EntropyDecode.
+INPUT_BITSTREAM = 0  # uint8[B], B % 4 == 0: the ANS words, uint32 little-endian
+INPUT_FREQUENCIES = 1  # int32[K], K >= 2, every entry >= 1, sum == 2**PRECISION
+INPUT_OFFSET = 2  # int32 scalar: symbol s decodes to the integer s + offset
+INPUT_SHAPE = 3  # int64[r]: shape of the int32 output
+NUM_INPUTS = 4
+
+# Hard ceilings a decoder applies before allocating anything, whatever a file says.
+MAX_SYMBOLS = 1 << 24  # alphabet size K
+MAX_ELEMENTS = 1 << 33  # elements of one decoded tensor (32 GiB of int32)
+MAX_RANK = 16

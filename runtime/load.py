@@ -1,0 +1,170 @@
+"""Decode at load: turn a model with ``ai.onnxcomp`` nodes into standard ONNX, then a session.
+
+Each custom node of the main graph is decoded once (numpy + constriction) and replaced by a plain
+initializer holding its output; the standard decode subgraph after it (Cast, Mul, Gather, ...)
+then consists of constants only, and onnxruntime's constant folding turns it into float weights
+when the session is created. Runs therefore cost exactly what the plain model costs.
+
+Works on the serialized bytes (see :mod:`.onnx_wire`), so it needs no ``onnx`` package.
+Memory: a decoded tensor whose only consumers are Cast nodes is stored in the narrowest integer
+type that holds it (Cast reads any integer type, so outputs are unchanged), which keeps the peak
+during session creation well below two copies of the float weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxcomp.errors import FormatError, ModelLoadError
+
+from . import format as fmt
+from . import onnx_wire as w
+from .ops import decoder_for
+
+
+def read_model_bytes(model: Any) -> bytes:
+    """Accept a path, bytes, or anything with SerializeToString (onnx.ModelProto)."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model)
+    if hasattr(model, "SerializeToString"):
+        return model.SerializeToString()
+    path = Path(os.fspath(model))
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ModelLoadError(f"{path}: is a directory, not an ONNX file") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    if values.size == 0:
+        return values
+    lo, hi = int(values.min()), int(values.max())
+    for dt in (np.int8, np.int16):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return values.astype(dt)
+    return values
+
+
+def decode_model(model: Any) -> bytes:
+    """Return standard ONNX bytes with every ``ai.onnxcomp`` node decoded into an initializer.
+
+    A model without such nodes is returned unchanged. Raises FormatError naming the node when a
+    bitstream, table, shape or CRC is wrong, ModelLoadError when the bytes are not ONNX.
+    """
+    data = read_model_bytes(model)
+    buf = memoryview(data)
+    top = w.parse_fields(buf)
+    graphs = [f for f in top if f.number == w.MODEL_GRAPH and f.wire_type == w.LEN]
+    if len(graphs) != 1:
+        raise ModelLoadError("not an ONNX model (no graph)")
+    graph_fields = w.parse_fields(graphs[0].value)
+
+    nodes = [(f, w.parse_node(f.value)) for f in graph_fields if f.number == w.GRAPH_NODE]
+    custom = [(f, n) for f, n in nodes if n.domain == fmt.DOMAIN]
+    if not custom:
+        return data
+    _reject_custom_nodes_in_subgraphs(n for _, n in nodes)
+
+    initializers = {w.tensor_name(f.value): f for f in graph_fields if f.number == w.GRAPH_INITIALIZER}
+    custom_ids = {id(f) for f, _ in custom}
+    kept_nodes = [n for f, n in nodes if id(f) not in custom_ids]
+    still_read: set[str] = set()
+    cast_only: dict[str, bool] = {}
+    for n in kept_nodes:
+        still_read.update(n.inputs)
+        for sub in n.subgraphs:
+            still_read.update(w.graph_input_names(sub))
+        for name in n.inputs:
+            cast_only[name] = cast_only.get(name, True) and n.op_type == "Cast" and n.domain in ("", "ai.onnx")
+    graph_outputs = {w.string_field(f.value, w.VALUE_INFO_NAME) for f in graph_fields if f.number == w.GRAPH_OUTPUT}
+    still_read |= graph_outputs
+
+    decoded: list[bytes] = []
+    replaced: set[str] = set()
+    dropped_inputs: set[str] = set()
+    for _, node in custom:
+        where = f"node {node.name or node.outputs[:1]} ({node.domain}::{node.op_type})"
+        if len(node.outputs) != 1:
+            raise FormatError(f"{where}: must have exactly one output")
+        arrays = []
+        for name in node.inputs:
+            if name not in initializers:
+                raise FormatError(f"{where}: input {name!r} is not an initializer of the main graph")
+            arrays.append(w.parse_tensor(initializers[name].value, f"{where} input {name!r}"))
+        decoder = decoder_for(node.domain, node.op_type, node.int_attrs.get("format_version", -1), where)
+        out = decoder(arrays, node.int_attrs, where)
+        name = node.outputs[0]
+        if cast_only.get(name) and name not in graph_outputs:
+            out = _narrow(out)
+        decoded.append(w.len_field(w.GRAPH_INITIALIZER, w.tensor_proto(name, out)))
+        replaced.add(name)
+        dropped_inputs.update(node.inputs)
+    dropped_inputs -= still_read
+
+    parts: list[bytes | memoryview] = []
+    for f in graph_fields:
+        if f.number == w.GRAPH_NODE and id(f) in custom_ids:
+            continue
+        if f.number == w.GRAPH_INITIALIZER and w.tensor_name(f.value) in dropped_inputs:
+            continue
+        if f.number == w.GRAPH_VALUE_INFO and w.string_field(f.value, w.VALUE_INFO_NAME) in replaced:
+            continue  # its declared int32 type may no longer hold after narrowing
+        parts.append(f.raw)
+    parts.extend(decoded)
+    graph_payload = b"".join(parts)
+    del parts, decoded
+
+    out_parts: list[bytes | memoryview] = []
+    for f in top:
+        if f.number == w.MODEL_GRAPH:
+            out_parts.append(w.len_field(w.MODEL_GRAPH, graph_payload))
+        elif f.number == w.MODEL_OPSET_IMPORT and w.string_field(f.value, w.OPSET_DOMAIN) == fmt.DOMAIN:
+            continue  # no ai.onnxcomp node is left
+        else:
+            out_parts.append(f.raw)
+    return b"".join(out_parts)
+
+
+def _reject_custom_nodes_in_subgraphs(nodes) -> None:
+    for n in nodes:
+        for sub in n.subgraphs:
+            for f in w.parse_fields(sub):
+                if f.number == w.GRAPH_NODE:
+                    inner = w.parse_node(f.value)
+                    if inner.domain == fmt.DOMAIN:
+                        raise FormatError(
+                            f"node {inner.name!r} ({fmt.DOMAIN}::{inner.op_type}) sits inside a subgraph of "
+                            f"{n.name!r}; FORMAT.md allows ai.onnxcomp nodes only in the main graph"
+                        )
+                    _reject_custom_nodes_in_subgraphs([inner])
+
+
+def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: Any = None, **kwargs: Any):
+    """An ``onnxruntime.InferenceSession`` over the decoded model: decode once, no per-Run cost.
+
+    Takes what onnxruntime.InferenceSession takes (a path, bytes, or an onnx.ModelProto), plus the
+    same keyword arguments. Outputs are identical to those of the decompressed model.
+    """
+    import onnxruntime as ort
+
+    decoded = decode_model(path_or_model)
+    if providers is None:
+        providers = ["CPUExecutionProvider"]
+    if sess_options is None:
+        sess_options = ort.SessionOptions()
+    if not isinstance(path_or_model, (bytes, bytearray, memoryview)) and not hasattr(path_or_model, "SerializeToString"):
+        # Bytes lose the file's folder; external data of the float tensors is resolved from it.
+        folder = str(Path(os.fspath(path_or_model)).resolve().parent)
+        sess_options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    try:
+        return ort.InferenceSession(decoded, sess_options, providers=providers, **kwargs)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelLoadError(f"onnxruntime rejected the decoded model: {exc}") from None

@@ -1,0 +1,111 @@
+"""quantize: latents + Cast/Mul rebuild exactly k * step, per output channel along the right axis;
+shared weights once; integer weights untouched; nothing to compress is an error."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper
+
+from onnxcomp.errors import NothingToCompressError, PipelineError
+from onnxcomp.pass_base import CompileContext
+from onnxcomp.passes.quantize import QuantizePass
+from onnxcomp.quantize_math import step_for
+
+from ..conftest import make_model, run, tiny_cnn, tiny_mlp
+
+
+def quantized(proto, **options):
+    model = ir.serde.deserialize_model(proto)
+    qp = QuantizePass(**options)
+    qp.context = CompileContext(progress=False)
+    qp(model)
+    return ir.serde.serialize_model(model), qp.context
+
+
+def init(proto, name):
+    return onnx.numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == name))
+
+
+def test_decoded_weight_is_latent_times_step(mlp_input):
+    proto = tiny_mlp()
+    out, _ = quantized(proto, bits=6)
+    onnx.checker.check_model(out)
+    k, step = init(out, "W1.latent"), init(out, "W1.step")
+    assert k.dtype == np.int32 and step.shape == (1, 48)  # Gemm B [K, N]: channels on axis 1
+    assert init(out, "W2.step").shape == (10, 1)  # transB=1: channels on axis 0
+    w = init(proto, "W1")
+    np.testing.assert_array_equal(k, np.rint(w.astype(np.float64) / step).astype(np.int32))
+    # The graph computes exactly k * step in float32.
+    y = run(out, mlp_input)[0]
+    ref = tiny_mlp()
+    for t in ref.graph.initializer:
+        if t.name in ("W1", "W2", "b1", "b2"):
+            latent, s = init(out, f"{t.name}.latent"), init(out, f"{t.name}.step")
+            t.CopyFrom(onnx.numpy_helper.from_array(latent.astype(np.float32) * s, t.name))
+    np.testing.assert_array_equal(y, run(ref, mlp_input)[0])
+
+
+def test_step_rule_gives_the_requested_signal_to_noise():
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, (256, 512)).astype(np.float32) * rng.uniform(0.1, 3, (256, 1)).astype(np.float32)
+    for bits in (5.0, 7.0):  # the high-rate approximation behind the rule holds from ~4 bits on
+        step = step_for(w, (0,), bits)
+        noise = np.rint(w / step) * step - w
+        snr_db = 10 * np.log10((w**2).mean(axis=1) / (noise**2).mean(axis=1))
+        assert abs(snr_db.mean() - 6.02 * bits) < 0.1
+        np.testing.assert_allclose(snr_db, 6.02 * bits, atol=1.0)  # 512 samples per channel
+
+
+def test_conv_channels_and_finer_bits_mean_smaller_error(cnn_input):
+    proto = tiny_cnn()
+    coarse, _ = quantized(proto, bits=3)
+    fine, _ = quantized(proto, bits=8)
+    assert init(fine, "conv.W.step").shape == (8, 1, 1, 1)
+    ref = run(proto, cnn_input)[0]
+    err = lambda m: float(np.abs(run(m, cnn_input)[0] - ref).max())  # noqa: E731
+    assert err(fine) < err(coarse) / 4
+
+
+def test_shared_weight_is_quantized_once():
+    w = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("MatMul", ["a", "w"], ["y"])]
+    proto = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], {"w": w})
+    out, _ = quantized(proto)
+    assert sum(n.op_type == "Cast" for n in out.graph.node) == 1
+    assert [t.name for t in out.graph.initializer if t.name.startswith("w.latent")] == ["w.latent"]
+
+
+def test_integer_weights_are_left_alone_and_reported():
+    nodes = [helper.make_node("MatMulInteger", ["x", "w"], ["y"])]
+    proto = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.INT32, ["N", 4])],
+                       {"w": np.ones((4, 4), np.uint8)})
+    with pytest.raises(NothingToCompressError, match="no float weight"):
+        quantized(proto)
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["y"])]
+    proto = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.INT32, ["N", 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.INT32, ["N", 4])], {"w": np.ones((4, 4), np.int32)})
+    with pytest.raises(NothingToCompressError):
+        quantized(proto)
+
+
+def test_fp16_weights_decode_to_fp16():
+    w = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float16)
+    proto = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 4])], {"w": w})
+    out, _ = quantized(proto, bits=8)
+    x = np.ones((2, 8), np.float16)
+    y = run(out, {"x": x})[0]
+    assert y.dtype == np.float16
+    np.testing.assert_allclose(y, run(proto, {"x": x})[0], rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("options", [{"bits": 0.0}, {"bits": 40.0}, {"bias_bits": -1.0}])
+def test_out_of_range_options_are_rejected(options):
+    with pytest.raises(PipelineError, match="quantize"):
+        QuantizePass(**options)

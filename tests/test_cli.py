@@ -1,0 +1,122 @@
+"""The CLI end to end, in a subprocess as users run it: exit codes, one-line errors, no partial
+outputs, deterministic files, and the report's contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from .conftest import make_model, tiny_cnn, tiny_mlp
+
+
+def onnxcomp(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "onnxcomp", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+@pytest.fixture
+def mlp_file(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    onnx.save(tiny_mlp(), path)
+    return path
+
+
+def test_compress_writes_model_and_report(mlp_file, tmp_path):
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    r = onnxcomp("compress", mlp_file, "-o", out, "--report", report, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "bits/param" in r.stdout and "W1" in r.stdout
+    rep = json.loads(report.read_text())
+    for key in ("original_bytes", "compressed_bytes", "payload_bytes", "params", "bits_per_param", "tensors"):
+        assert key in rep
+    assert rep["compressed_bytes"] == out.stat().st_size
+    assert rep["params"] == 64 * 48 + 48 + 10 * 48 + 10
+    assert rep["payload_bytes"] < rep["original_payload_bytes"] / 3
+    row = next(t for t in rep["tensors"] if t["name"] == "W1")
+    assert row["shape"] == [64, 48] and row["codec"] in ("ans", "raw-int8") and row["unique_values"] > 1
+    assert set(row) >= {"name", "shape", "codec", "bytes", "bits_per_param", "unique_values", "entropy_bits"}
+
+
+def test_compress_is_deterministic(mlp_file, tmp_path):
+    for name in ("a.onnx", "b.onnx"):
+        assert onnxcomp("compress", mlp_file, "-o", tmp_path / name, "--quiet", "--seed", "3").returncode == 0
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_inspect_decompress_and_passes(mlp_file, tmp_path):
+    out = tmp_path / "o.onnx"
+    assert onnxcomp("compress", mlp_file, "-o", out, "--quiet").returncode == 0
+    r = onnxcomp("inspect", out, "--json")
+    info = json.loads(r.stdout)
+    assert info["opsets"]["ai.onnxcomp"] == 1 and info["coded_tensors"]
+    r = onnxcomp("decompress", out, "-o", tmp_path / "plain.onnx")
+    assert r.returncode == 0, r.stderr
+    assert "ai.onnxcomp" not in {o.domain for o in onnx.load(tmp_path / "plain.onnx").opset_import}
+    r = onnxcomp("passes")
+    assert r.returncode == 0 and "quantize" in r.stdout and "ptq = normalize,quantize,pack" in r.stdout
+
+
+def bad(path, content: bytes):
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize("make_input, code, message", [
+    (lambda d: d / "missing.onnx", 3, "no such file"),
+    (lambda d: bad(d / "text.onnx", b"hello, I am not a model\n" * 10), 3, "not a valid ONNX"),
+    (lambda d: bad(d / "trunc.onnx", tiny_mlp().SerializeToString()[:700]), 3, "not a valid ONNX"),
+    (lambda d: d, 3, "not a file"),
+])
+def test_bad_model_files(tmp_path, make_input, code, message):
+    out = tmp_path / "out.onnx"
+    r = onnxcomp("compress", make_input(tmp_path), "-o", out)
+    assert r.returncode == code
+    assert message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.onnx*"))
+
+
+@pytest.mark.parametrize("pipeline, message", [
+    ("normalize,nope", "unknown pass 'nope'"),
+    ("quantize{bits=-1}", "bits=-1.0 must be in"),
+])
+def test_bad_pipelines_exit_2_before_work(mlp_file, tmp_path, pipeline, message):
+    r = onnxcomp("compress", mlp_file, "-o", tmp_path / "o.onnx", "-p", pipeline)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_nothing_to_compress(tmp_path):
+    proto = make_model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], {})
+    onnx.save(proto, tmp_path / "relu.onnx")
+    r = onnxcomp("compress", tmp_path / "relu.onnx", "-o", tmp_path / "o.onnx")
+    assert r.returncode == 4 and "no float weight" in r.stderr
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_tampered_compressed_file_fails_cleanly(tmp_path):
+    onnx.save(tiny_cnn(), tmp_path / "cnn.onnx")
+    assert onnxcomp("compress", tmp_path / "cnn.onnx", "-o", tmp_path / "c.onnx", "--quiet").returncode == 0
+    model = onnx.load(tmp_path / "c.onnx")
+    table = next(t for t in model.graph.initializer if t.name.endswith(".frequencies"))
+    f = onnx.numpy_helper.to_array(table).copy()
+    f[0] += 5
+    table.CopyFrom(onnx.numpy_helper.from_array(f, table.name))
+    onnx.save(model, tmp_path / "t.onnx")
+    r = onnxcomp("decompress", tmp_path / "t.onnx", "-o", tmp_path / "d.onnx")
+    assert r.returncode == 6 and "sums to" in r.stderr and "fc.W" in r.stderr
+    assert not (tmp_path / "d.onnx").exists()
+
+
+def test_data_options_are_checked(mlp_file, tmp_path):
+    r = onnxcomp("compress", mlp_file, "-o", tmp_path / "o.onnx", "--max-error-increase", "0.01")
+    assert r.returncode == 5 and "needs --data" in r.stderr
+    r = onnxcomp("compress", mlp_file, "-o", tmp_path / "o.onnx", "--data", "mnist:test")
+    assert r.returncode == 5 and "never reads a test split" in r.stderr
+    r = onnxcomp("compress", mlp_file, "-o", tmp_path / "o.onnx", "--data", "nosuch:thing")
+    assert r.returncode == 5
