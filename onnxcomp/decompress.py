@@ -72,7 +72,9 @@ def fold_constant_decoders(model: ir.Model) -> int:
 def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike, fold: bool = True) -> int:
     """Write the standard-ONNX form of a compressed model; returns the output size in bytes."""
     decoded = decode_model(input_path)
-    model = ir.serde.deserialize_model(onnx.load_from_string(decoded))
+    proto = onnx.load_from_string(decoded)
+    onnx.load_external_data_for_model(proto, os.path.dirname(os.path.abspath(input_path)))
+    model = ir.serde.deserialize_model(proto)
     if fold:
         fold_constant_decoders(model)
     return save_model(model, output_path)

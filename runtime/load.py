@@ -58,8 +58,25 @@ def decode_model(model: Any) -> bytes:
 
     A model without such nodes is returned unchanged. Raises FormatError naming the node when a
     bitstream, table, shape or CRC is wrong, ModelLoadError when the bytes are not ONNX.
+    Tensors stored as external data stay external (resolved against the model's own folder).
     """
-    data = read_model_bytes(model)
+    return _decode_bytes(read_model_bytes(model))
+
+
+def external_initializers(data: bytes, base_dir: str | None) -> dict[str, np.ndarray]:
+    """Main-graph initializers stored as external data, memory-mapped from ``base_dir``."""
+    out = {}
+    for f in w.parse_fields(memoryview(data)):
+        if f.number == w.MODEL_GRAPH:
+            for g in w.parse_fields(f.value):
+                if g.number == w.GRAPH_INITIALIZER:
+                    ext = w.external_tensor(g.value, base_dir)
+                    if ext is not None:
+                        out[ext[0]] = ext[1]
+    return out
+
+
+def _decode_bytes(data: bytes) -> bytes:
     buf = memoryview(data)
     top = w.parse_fields(buf)
     graphs = [f for f in top if f.number == w.MODEL_GRAPH and f.wire_type == w.LEN]
@@ -155,16 +172,24 @@ def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: An
     """
     import onnxruntime as ort
 
-    decoded = decode_model(path_or_model)
+    data = read_model_bytes(path_or_model)
+    decoded = _decode_bytes(data)
+    del data
     if providers is None:
         providers = ["CPUExecutionProvider"]
     if sess_options is None:
         sess_options = ort.SessionOptions()
-    if not isinstance(path_or_model, (bytes, bytearray, memoryview)) and not hasattr(path_or_model, "SerializeToString"):
-        # Bytes lose the file's folder; external data of the float tensors is resolved from it.
-        folder = str(Path(os.fspath(path_or_model)).resolve().parent)
-        sess_options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    is_path = not isinstance(path_or_model, (bytes, bytearray, memoryview)) and not hasattr(path_or_model, "SerializeToString")
+    base_dir = str(Path(os.fspath(path_or_model)).resolve().parent) if is_path else None
+    # A session made from bytes cannot find external data files, so hand those tensors over
+    # directly (memory-mapped); onnxruntime then ignores their stored locations.
+    external = external_initializers(decoded, base_dir)
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in external.values()]
+    if external:
+        sess_options.add_external_initializers(list(external), values)
     try:
-        return ort.InferenceSession(decoded, sess_options, providers=providers, **kwargs)
+        session = ort.InferenceSession(decoded, sess_options, providers=providers, **kwargs)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelLoadError(f"onnxruntime rejected the decoded model: {exc}") from None
+    session._onnxcomp_external_values = values  # onnxruntime needs them alive as long as the session
+    return session

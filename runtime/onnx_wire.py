@@ -24,7 +24,7 @@ GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_OUTPUT, GRAPH_VALUE_INFO = 1, 5, 12, 13
 NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 3, 4, 5, 7
 ATTR_NAME, ATTR_I, ATTR_S, ATTR_G, ATTR_GRAPHS = 1, 3, 4, 6, 11
 TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_INT32_DATA, TENSOR_INT64_DATA = 1, 2, 5, 7
-TENSOR_NAME, TENSOR_RAW_DATA, TENSOR_DATA_LOCATION = 8, 9, 14
+TENSOR_NAME, TENSOR_RAW_DATA, TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 8, 9, 13, 14
 VALUE_INFO_NAME = 1
 
 VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5
@@ -198,6 +198,35 @@ def parse_tensor(payload: memoryview, where: str) -> np.ndarray:
     if len(ints) != count:
         raise ModelLoadError(f"{where}: holds {len(ints)} values, dims {dims} need {count}")
     return np.array(ints, dtype=np.int64).astype(dtype).reshape(dims)
+
+
+def external_tensor(payload: memoryview, base_dir: str | None) -> tuple[str, np.ndarray] | None:
+    """(name, memory-mapped array) of a TensorProto stored as external data, else None."""
+    fields = parse_fields(payload)
+    if not any(f.number == TENSOR_DATA_LOCATION and f.value == 1 for f in fields):
+        return None
+    name = next((_text(f.value) for f in fields if f.number == TENSOR_NAME), "")
+    dims = [f.value for f in fields if f.number == TENSOR_DIMS and f.wire_type == VARINT]
+    data_type = next((f.value for f in fields if f.number == TENSOR_DATA_TYPE), None)
+    entries = {}
+    for f in fields:
+        if f.number == TENSOR_EXTERNAL_DATA:
+            kv = {g.number: _text(g.value) for g in parse_fields(f.value)}
+            entries[kv.get(1, "")] = kv.get(2, "")
+    if base_dir is None:
+        raise ModelLoadError(f"tensor {name!r} is stored as external data; load the model from its path, not from bytes")
+    if data_type not in ONNX_TO_NUMPY:
+        raise ModelLoadError(f"tensor {name!r}: external data of type {data_type} is not supported by the decoder")
+    import os
+
+    dtype = np.dtype(ONNX_TO_NUMPY[data_type]).newbyteorder("<")
+    path = os.path.join(base_dir, entries.get("location", ""))
+    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    try:
+        array = np.memmap(path, dtype=dtype, mode="r", offset=int(entries.get("offset", 0) or 0), shape=(count,))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"tensor {name!r}: cannot read external data {path!r} ({exc})") from None
+    return name, array.reshape(dims)
 
 
 def tensor_proto(name: str, array: np.ndarray) -> bytes:

@@ -1,0 +1,38 @@
+"""Models with external data: read on input, written above the protobuf limit, and run by the
+runtime from their folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+import onnxcomp.model_io as model_io
+import onnxcomp.runtime as rt
+from onnxcomp.compile import compress
+
+from .conftest import run, tiny_mlp
+
+
+def test_input_with_external_data_is_read(tmp_path, mlp_input):
+    src = tmp_path / "in" / "mlp.onnx"
+    src.parent.mkdir()
+    onnx.save(tiny_mlp(), src, save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    assert (src.parent / "w.bin").stat().st_size > 10_000
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, progress=False)
+    assert report["params"] == 64 * 48 + 48 + 10 * 48 + 10
+    np.testing.assert_allclose(rt.InferenceSession(out).run(None, mlp_input)[0], run(tiny_mlp(), mlp_input)[0], atol=0.05)
+
+
+def test_large_output_is_written_with_external_data(tmp_path, monkeypatch, mlp_input):
+    # Pretend the protobuf limit is tiny so the external-data path runs on a small model.
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 100)
+    src = tmp_path / "mlp.onnx"
+    onnx.save(tiny_mlp(), src)
+    out = tmp_path / "sub" / "big.onnx"
+    compress(src, out, pipeline="normalize,quantize", progress=False)
+    assert (out.parent / "big.onnx.data").exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    loaded = onnx.load(out)  # resolves the external data beside it
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(out, load_external_data=False).graph.initializer)
+    np.testing.assert_array_equal(run(loaded, mlp_input)[0], rt.InferenceSession(out).run(None, mlp_input)[0])
