@@ -1,5 +1,7 @@
 """Data-driven step search for ``quantize``: the coarsest steps within an error budget.
 
+The candidate weights are exactly what the graph will hold (``QuantizePass.quantize``: same
+steps, same rounding, GPTQ included), so the error measured here is the packed model's error.
 The budget is the original model's error on the validation split plus ``max_error_increase``
 (a fraction: 0.001 = 0.1 percentage point). The error is the classification error when the split
 has labels, otherwise the rate at which the top-1 prediction differs from the original model's
@@ -26,8 +28,8 @@ from onnxcomp.errors import DataError
 from onnxcomp.metrics import classification_error
 from onnxcomp.weights import Weight
 
-BITS_LOW, BITS_HIGH, BITS_TOLERANCE = 1.0, 16.0, 0.125
-PER_TENSOR_STEP, PER_TENSOR_FLOOR = 0.5, 1.0
+BITS_LOW, BITS_HIGH, BITS_TOLERANCE = 0.25, 16.0, 0.125
+PER_TENSOR_STEP, PER_TENSOR_FLOOR = 0.5, 0.25
 
 
 class WeightSwapEvaluator:
@@ -76,8 +78,6 @@ class WeightSwapEvaluator:
 
 def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[str, float]:
     """Per-weight ``bits`` for quantize: the coarsest found within the error budget."""
-    from onnxcomp.quantize_math import dequantized
-
     data = context.data
     split = data.val if data is not None else None
     if split is None:
@@ -98,7 +98,7 @@ def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[
         for w in weights:
             key = (w.name, bits[w.name])
             if key not in cache:
-                cache[key] = dequantized(originals[w.name], qpass.steps(w, bits[w.name]))
+                cache[key] = qpass.quantize(w, bits[w.name])[2]
             out[w.name] = cache[key]
         return out
 

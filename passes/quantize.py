@@ -25,9 +25,9 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.errors import NothingToCompressError, PipelineError
-from onnxcomp.irutil import new_initializer, unique_name
+from onnxcomp.irutil import all_names, new_initializer, unique_name
 from onnxcomp.pass_base import CompressionPass, register_pass
-from onnxcomp.quantize_math import quantize_array, step_for
+from onnxcomp.quantize_math import RD_SLOPE, quantize_array, step_for
 from onnxcomp.weights import Weight, find_weights
 
 @register_pass
@@ -39,12 +39,21 @@ class QuantizePass(CompressionPass):
     bits: float = field(default=5.0, metadata={"help": "signal-to-noise of every channel, in 6.02 dB units (data-free step rule)"})
     bias_bits: float = field(default=4.0, metadata={"help": "extra bits for biases (few values, output-critical)"})
     per_channel: bool = field(default=True, metadata={"help": "one step per output channel (else per tensor)"})
+    rdo: float = field(default=1.0, metadata={"help": "rate-distortion rounding strength, x the RD slope of the step (0 = plain rounding)"})
+    importance: bool = field(default=True, metadata={"help": "with data, weigh each weight's error by its input's mean square"})
+    gptq: bool = field(default=True, metadata={"help": "with data, error-compensating rounding (GPTQ) for Gemm/MatMul/Conv weights"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._stats: dict = {}  # weight name -> (LayerView, H) measured on the train split
 
     def validate_options(self) -> None:
         if not 0.0 < self.bits <= 24.0:
             raise PipelineError(f"pass 'quantize': option bits={self.bits} must be in (0, 24]")
         if not 0.0 <= self.bias_bits <= 16.0:
             raise PipelineError(f"pass 'quantize': option bias_bits={self.bias_bits} must be in [0, 16]")
+        if not 0.0 <= self.rdo <= 100.0:
+            raise PipelineError(f"pass 'quantize': option rdo={self.rdo} must be in [0, 100]")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         weights, skipped = find_weights(model)
@@ -53,29 +62,64 @@ class QuantizePass(CompressionPass):
             raise NothingToCompressError(
                 "quantize: the model has no float weight initializer feeding Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN"
             )
+        data = self.context.data
+        self._stats: dict = {}
+        if (self.importance or self.gptq) and data is not None and data.train is not None:
+            from onnxcomp.activation_stats import input_covariances
+
+            self._stats = input_covariances(model, weights, data.train)
         bits = {w.name: self.bits + (self.bias_bits if w.role == "bias" else 0.0) for w in weights}
-        if self.context.max_error_increase is not None and self.context.data is not None:
+        if self.context.max_error_increase is not None and data is not None:
             from onnxcomp.step_search import search_bits
 
             bits = search_bits(model, weights, self, self.context)
-        taken = None
+        taken = all_names(model)
         for w in weights:
-            taken = replace_with_latents(model, w, bits[w.name], self.per_channel, taken)
+            k, step, _ = self.quantize(w, bits[w.name])
+            replace_with_latents(model, w, k, step, taken)
+            self.context.note(w.name, bits=bits[w.name], rounding=self.rounding(w))
         return ir.passes.PassResult(model, True)
 
-    def steps(self, w: Weight, bits: float) -> np.ndarray:
-        return step_for(w.value.const_value.numpy(), w.channel_axes if self.per_channel else (), bits)
+    def quantize(self, w: Weight, bits: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(latents, step, dequantized weight) of ``w`` at ``bits``: what the graph will compute."""
+        from onnxcomp.activation_stats import importance_from
+        from onnxcomp.gptq import gptq_round
+
+        array = w.value.const_value.numpy()
+        step = step_for(array, w.channel_axes if self.per_channel else (), bits)
+        stats = self._stats.get(w.name)
+        how = self.rounding(w)
+        if how == "gptq":
+            view, h = stats
+            k = view.from_matrix(gptq_round(view.to_matrix(array), h, _row_step(view, step, array.shape)), array.shape)
+            k = np.clip(k, -(2**31 - 1), 2**31 - 1).astype(np.int32)
+            return k, step, (k.astype(array.dtype) * step.astype(array.dtype)).astype(array.dtype)
+        importance = importance_from(*stats, array.shape) if how == "rdo-weighted" else 1.0
+        k, deq = quantize_array(array, step, importance, self.rdo * RD_SLOPE)
+        return k, step, deq
+
+    def rounding(self, w: Weight) -> str:
+        """How ``w`` is rounded: gptq, rdo-weighted (by input importance), rdo, or nearest."""
+        stats = self._stats.get(w.name)
+        if stats is not None and self.gptq and stats[1].ndim == 2:
+            # GPTQ walks input features, so the step may vary only along the outputs.
+            if _row_step(stats[0], step_for(w.value.const_value.numpy(), w.channel_axes if self.per_channel else (), self.bits), w.shape) is not None:
+                return "gptq"
+        if self.rdo <= 0:
+            return "nearest"
+        return "rdo-weighted" if stats is not None and self.importance else "rdo"
 
 
-def replace_with_latents(model: ir.Model, w: Weight, bits: float, per_channel: bool, taken: set[str] | None):
+def _row_step(view, step: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The step as one row of the [K, N] matrix view, or None if it varies along the inputs."""
+    m = view.to_matrix(np.broadcast_to(step, shape))
+    return m[0] if np.all(m == m[0]) else None
+
+
+def replace_with_latents(model: ir.Model, w: Weight, k: np.ndarray, step: np.ndarray, taken: set[str]) -> None:
     """Swap weight ``w`` for latents + Cast + Mul producing a value of the weight's name."""
-    from onnxcomp.irutil import all_names
-
     graph = model.graph
-    taken = all_names(model) if taken is None else taken
     array = w.value.const_value.numpy()
-    step = step_for(array, w.channel_axes if per_channel else (), bits)
-    k, _ = quantize_array(array, step)
     name = w.name
     latent = new_initializer(graph, unique_name(model, f"{name}.latent", taken), k)
     step_v = new_initializer(graph, unique_name(model, f"{name}.step", taken), step.astype(array.dtype))
@@ -92,5 +136,4 @@ def replace_with_latents(model: ir.Model, w: Weight, bits: float, per_channel: b
     w.value.replace_all_uses_with(mul.outputs[0])
     del graph.initializers[name]
     mul.outputs[0].name = name
-    return taken
 

@@ -12,7 +12,8 @@ from onnx import TensorProto, helper
 from onnxcomp.errors import NothingToCompressError, PipelineError
 from onnxcomp.pass_base import CompileContext
 from onnxcomp.passes.quantize import QuantizePass
-from onnxcomp.quantize_math import step_for
+from onnxcomp.coding import entropy_bits
+from onnxcomp.quantize_math import RD_SLOPE, rd_round, step_for
 
 from ..conftest import make_model, run, tiny_cnn, tiny_mlp
 
@@ -31,7 +32,7 @@ def init(proto, name):
 
 def test_decoded_weight_is_latent_times_step(mlp_input):
     proto = tiny_mlp()
-    out, _ = quantized(proto, bits=6)
+    out, _ = quantized(proto, bits=6, rdo=0.0)
     onnx.checker.check_model(out)
     k, step = init(out, "W1.latent"), init(out, "W1.step")
     assert k.dtype == np.int32 and step.shape == (1, 48)  # Gemm B [K, N]: channels on axis 1
@@ -109,3 +110,28 @@ def test_fp16_weights_decode_to_fp16():
 def test_out_of_range_options_are_rejected(options):
     with pytest.raises(PipelineError, match="quantize"):
         QuantizePass(**options)
+
+
+def test_rd_rounding_trades_a_little_distortion_for_fewer_bits():
+    rng = np.random.default_rng(0)
+    x = rng.laplace(0, 2.0, 100_000)
+    plain, rdo = rd_round(x, 1.0, 0.0), rd_round(x, 1.0, RD_SLOPE)
+    np.testing.assert_array_equal(plain, np.rint(x))
+    assert np.all(np.abs(rdo) <= np.abs(plain))  # only ever toward zero
+    lagrangian = lambda k, lam: np.mean((x - k) ** 2) + lam * entropy_bits(k)  # noqa: E731
+    assert lagrangian(rdo, RD_SLOPE) < lagrangian(plain, RD_SLOPE)  # what it optimizes
+    assert entropy_bits(rdo) < entropy_bits(plain)
+    stronger = rd_round(x, 1.0, 8 * RD_SLOPE)
+    assert entropy_bits(stronger) < entropy_bits(rdo) - 0.2
+    assert lagrangian(stronger, 8 * RD_SLOPE) < lagrangian(plain, 8 * RD_SLOPE)
+    np.testing.assert_array_equal(rd_round(x, 1.0, RD_SLOPE), rdo)  # deterministic
+
+
+def test_weights_reading_dead_inputs_go_to_zero():
+    rng = np.random.default_rng(1)
+    x = rng.laplace(0, 1.5, (200, 50))
+    importance = np.ones((200, 1))
+    importance[:40] = 0.0  # inputs 0..39 never fire: their weights cost bits and nothing else
+    k = rd_round(x, importance, RD_SLOPE)
+    assert np.all(k[:40] == 0)
+    assert np.all(np.abs(k[40:] - np.rint(x[40:])) <= 1)
