@@ -1,0 +1,61 @@
+"""Task metrics of a model on a data split: the number a compression result is judged by.
+
+Kept apart from any runtime: :func:`classification_error` takes a plain ``predict_fn`` (an
+InferenceSession, a TrainingSession's eval graph, a numpy reference), and
+:func:`evaluate_session` adapts an ``onnxruntime.InferenceSession``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from onnxcomp.data import Split, batches
+from onnxcomp.errors import DataError
+
+PredictFn = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def classification_error(predict_fn: PredictFn, split: Split, batch_size: int = 1000) -> float:
+    """Fraction of samples whose arg-max logit is not the label (0.0 = all correct).
+
+    ``predict_fn`` receives a batch of the split's inputs by name and returns logits of shape
+    ``[batch, classes]``.
+    """
+    if split.labels is None:
+        raise DataError("classification error needs labels; this split has none")
+    wrong = 0
+    for batch in batches(split, batch_size):
+        logits = np.asarray(predict_fn(batch.inputs))
+        if logits.ndim != 2 or logits.shape[0] != len(batch):
+            raise DataError(f"predictions of shape {logits.shape} for a batch of {len(batch)}: want [batch, classes]")
+        wrong += int(np.count_nonzero(logits.argmax(axis=1) != batch.labels))
+    return wrong / len(split)
+
+
+def evaluate_session(session: Any, split: Split, batch_size: int = 1000, output: str | None = None) -> float:
+    """Classification error of an ``onnxruntime.InferenceSession`` on ``split``.
+
+    The split's inputs are matched to the session's inputs by name; when both have exactly one
+    input they are matched regardless of name. ``output`` picks the logits output (default: the
+    first). The session's batch dimension must accept ``batch_size`` rows.
+    """
+    session_inputs = [i.name for i in session.get_inputs()]
+    data_inputs = list(split.inputs)
+    if set(session_inputs) == set(data_inputs):
+        rename = {name: name for name in data_inputs}
+    elif len(session_inputs) == 1 and len(data_inputs) == 1:
+        rename = {data_inputs[0]: session_inputs[0]}
+    else:
+        raise DataError(f"session inputs {session_inputs} do not match data inputs {data_inputs}")
+    outputs = [o.name for o in session.get_outputs()]
+    if output is not None and output not in outputs:
+        raise DataError(f"session has no output {output!r}; outputs: {outputs}")
+    fetch = [output or outputs[0]]
+
+    def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return session.run(fetch, {rename[name]: array for name, array in inputs.items()})[0]
+
+    return classification_error(predict, split, batch_size)
