@@ -36,7 +36,7 @@ class QuantizePass(CompressionPass):
     name = "quantize"
     summary = "weights -> int32 latents + Cast/Mul decode subgraph (step from an RD rule or a data search)"
 
-    bits: float = field(default=5.0, metadata={"help": "signal-to-noise of every channel, in 6.02 dB units (data-free step rule)"})
+    bits: float = field(default=4.0, metadata={"help": "signal-to-noise of every channel, in 6.02 dB units (data-free step rule)"})
     bias_bits: float = field(default=4.0, metadata={"help": "extra bits for biases (few values, output-critical)"})
     per_channel: bool = field(default=True, metadata={"help": "one step per output channel (else per tensor)"})
     rdo: float = field(default=1.0, metadata={"help": "rate-distortion rounding strength, x the RD slope of the step (0 = plain rounding)"})

@@ -1,0 +1,62 @@
+"""The shipped reference models through the whole spine, measured on real MNIST.
+
+Compress reads only train/val; the test split is read here, once, to check the result. The
+pipeline is deterministic, so the limits below are stable, not statistical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnxcomp.runtime as rt
+from onnxcomp.compile import compress
+from onnxcomp.data import load_data, model_input_shapes
+from onnxcomp.metrics import evaluate_session
+from onnxcomp.model_io import load_proto
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def test_error(path) -> float:
+    data = load_data("mnist:test", model_input_shapes(load_proto(path)))
+    return evaluate_session(rt.InferenceSession(path), data.test)
+
+
+test_error.__test__ = False  # a helper, not a test
+
+
+def test_data_free_ptq_on_lenet5(tmp_path):
+    src = MODELS / "lenet5-caffe.onnx"
+    out = tmp_path / "l5.onnx"
+    report = compress(src, out, "ptq", progress=False)
+    assert report["bits_per_param"] < 5.0
+    assert report["ans_bitstream_bytes"] <= 1.01 * report["ans_ideal_bytes"] + 8 * len(report["tensors"])
+    assert test_error(out) <= test_error(src) + 0.001
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, max_bits", [("lenet-300-100", 1.6), ("lenet5-caffe", 1.5)])
+def test_searched_ptq_reaches_the_target(tmp_path, name, max_bits):
+    """Issue target: error within 0.1 point of float at <= 1/4 of int8's payload (~2 bits)."""
+    src = MODELS / f"{name}.onnx"
+    out = tmp_path / "c.onnx"
+    report = compress(src, out, "ptq", data="mnist", max_error_increase=0.001, progress=False)
+    metrics = report["metrics"]
+    assert metrics["val_error"] <= metrics["val_error_original"] + 0.001 + 1e-9
+    assert report["bits_per_param"] <= max_bits
+    assert test_error(out) <= test_error(src) + 0.001
+    # Same outputs through the custom op as through decode at load (optimizations off on both).
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    rt.register(so)
+    custom = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    so2 = ort.SessionOptions()
+    so2.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = rt.InferenceSession(out, so2)
+    x = load_data("mnist:test", model_input_shapes(load_proto(src))).test.inputs["input"][:256]
+    np.testing.assert_array_equal(custom.run(None, {"input": x})[0], plain.run(None, {"input": x})[0])
