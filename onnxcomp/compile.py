@@ -98,12 +98,16 @@ def compress(
     if dataset is not None and dataset.val is not None:
         say("evaluating on the validation split")
         t = time.perf_counter()
-        report["metrics"] = {
-            "split": "val",
-            "samples": len(dataset.val),
-            "val_error_original": validation_error(original_proto.SerializeToString(), dataset.val),
-            "val_error": validation_error(Path(output_path).read_bytes(), dataset.val),
-        }
+        report["metrics"] = {"split": "val", "samples": len(dataset.val)}
+        if dataset.val.labels is not None:
+            report["metrics"]["val_error_original"] = validation_error(original_proto.SerializeToString(), dataset.val)
+            report["metrics"]["val_error"] = validation_error(Path(output_path).read_bytes(), dataset.val)
+        else:
+            import onnxcomp.runtime as rt
+            from onnxcomp.metrics import disagreement
+
+            report["metrics"]["val_disagreement"] = disagreement(
+                rt.InferenceSession(original_proto.SerializeToString()), rt.InferenceSession(output_path), dataset.val)
         if "__search__" in notes:
             report["metrics"]["search"] = notes["__search__"]
         report["timings_s"]["evaluate"] = round(time.perf_counter() - t, 4)

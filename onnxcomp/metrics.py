@@ -59,3 +59,21 @@ def evaluate_session(session: Any, split: Split, batch_size: int = 1000, output:
         return session.run(fetch, {rename[name]: array for name, array in inputs.items()})[0]
 
     return classification_error(predict, split, batch_size)
+
+
+def argmax_predictions(session: Any, split: Split, batch_size: int = 256) -> np.ndarray:
+    """Arg-max over the last axis of the first output, flattened per sample: [N, positions]."""
+    names = [i.name for i in session.get_inputs()]
+    out = session.get_outputs()[0].name
+    preds = []
+    for batch in batches(split, batch_size):
+        feed = {n: batch.inputs[n] for n in names}
+        logits = np.asarray(session.run([out], feed)[0])
+        preds.append(logits.argmax(axis=-1).reshape(logits.shape[0], -1))
+    return np.concatenate(preds)
+
+
+def disagreement(session_a: Any, session_b: Any, split: Split) -> float:
+    """Fraction of samples whose arg-max predictions differ anywhere (no labels needed)."""
+    a, b = argmax_predictions(session_a, split), argmax_predictions(session_b, split)
+    return float(np.mean(np.any(a != b, axis=1)))

@@ -100,7 +100,7 @@ def tensor_rows(original: dict[str, tuple[int, ...]], model: ir.Model, notes: di
         row["bits_per_param"] = 8.0 * row["bytes"] / params
         row["unique_values"] = int(np.unique(values_for_stats).size)
         row["entropy_bits"] = entropy_bits(values_for_stats)
-        for key in ("bits", "ideal_bits", "entropy_bits_coded"):
+        for key in ("bits", "rounding"):
             if key in notes.get(name, {}):
                 row[key] = notes[name][key]
         latent_notes = next((notes[k] for k in notes if k.startswith(name + ".latent")), {})
@@ -131,6 +131,8 @@ def summary_table(report: dict[str, Any]) -> str:
     m = report.get("metrics") or {}
     if "val_error_original" in m:
         rows.append(["val error", f"{100 * m['val_error_original']:.2f}%", f"{100 * m['val_error']:.2f}%"])
+    if "val_disagreement" in m:
+        rows.append(["val predictions changed", "-", f"{100 * m['val_disagreement']:.2f}%"])
     top = format_table(["", "original", "compressed"], rows)
     trows = [
         [t["name"], "x".join(map(str, t["shape"])), t["codec"], f"{t['bytes']:,}", f"{t['bits_per_param']:.3f}",

@@ -4,8 +4,9 @@ The candidate weights are exactly what the graph will hold (``QuantizePass.quant
 steps, same rounding, GPTQ included), so the error measured here is the packed model's error.
 The budget is the original model's error on the validation split plus ``max_error_increase``
 (a fraction: 0.001 = 0.1 percentage point). The error is the classification error when the split
-has labels, otherwise the rate at which the top-1 prediction differs from the original model's
-(so unlabeled data still works). Two phases, each monotone in practice:
+has labels, otherwise the fraction of samples whose arg-max prediction (over the last axis of
+the first output, at every position for sequence outputs such as OCR) differs anywhere from the
+original model's, so unlabeled data still works. Two phases, each monotone in practice:
 
 1. one global ``bits`` for all weights (biases keep their extra bits), found by bisection;
 2. greedy per-tensor coarsening, largest tensor first (it saves the most bytes), half a bit at a
@@ -63,17 +64,19 @@ class WeightSwapEvaluator:
         for start in range(0, n, 1000):
             feed = {k: self.split.inputs[k][start : start + 1000] for k in self.data_inputs}
             feed.update(weights)
-            logits = self.session.run([self.output], feed)[0]
-            outs.append(np.asarray(logits).reshape(logits.shape[0], -1).argmax(axis=1))
+            logits = np.asarray(self.session.run([self.output], feed)[0])
+            outs.append(logits.argmax(axis=-1).reshape(logits.shape[0], -1))
         return np.concatenate(outs)
 
     def error(self, weights: dict[str, np.ndarray]) -> float:
         pred = self.predictions(weights)
         if self.split.labels is not None:
-            return float(np.mean(pred != self.split.labels))
+            if pred.shape[1] != 1:
+                raise DataError(f"labels need a [batch, classes] output; {self.output!r} predicts {pred.shape[1]} positions per sample")
+            return float(np.mean(pred[:, 0] != self.split.labels))
         if self.reference is None:
             raise RuntimeError("set the reference predictions first (unlabeled data)")
-        return float(np.mean(pred != self.reference))
+        return float(np.mean(np.any(pred != self.reference, axis=1)))
 
 
 def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[str, float]:

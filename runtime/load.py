@@ -60,7 +60,7 @@ def decode_model(model: Any) -> bytes:
     bitstream, table, shape or CRC is wrong, ModelLoadError when the bytes are not ONNX.
     Tensors stored as external data stay external (resolved against the model's own folder).
     """
-    return _decode_bytes(read_model_bytes(model))
+    return _rewrite(read_model_bytes(model), hand_over=False)[0]
 
 
 def external_initializers(data: bytes, base_dir: str | None) -> dict[str, np.ndarray]:
@@ -76,7 +76,19 @@ def external_initializers(data: bytes, base_dir: str | None) -> dict[str, np.nda
     return out
 
 
-def _decode_bytes(data: bytes) -> bytes:
+# Cast targets whose Cast -> Mul chain numpy computes exactly as onnxruntime does.
+_FOLDABLE_CASTS = {1: np.float32}
+
+
+def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]]:
+    """Decode every ai.onnxcomp node of the main graph.
+
+    hand_over=False: decoded tensors become inline initializers (standard ONNX bytes).
+    hand_over=True: in addition, each ``EntropyDecode -> Cast(float) -> Mul(step)`` chain is
+    folded here into the float weight, and every decoded tensor is returned as an array to hand
+    to onnxruntime (``add_external_initializers``) while the bytes keep only a small external-data
+    stub for it: no copy of the weights is serialized, and nothing is left for onnxruntime to fold.
+    """
     buf = memoryview(data)
     top = w.parse_fields(buf)
     graphs = [f for f in top if f.number == w.MODEL_GRAPH and f.wire_type == w.LEN]
@@ -87,26 +99,27 @@ def _decode_bytes(data: bytes) -> bytes:
     nodes = [(f, w.parse_node(f.value)) for f in graph_fields if f.number == w.GRAPH_NODE]
     custom = [(f, n) for f, n in nodes if n.domain == fmt.DOMAIN]
     if not custom:
-        return data
+        return data, {}
     _reject_custom_nodes_in_subgraphs(n for _, n in nodes)
 
     initializers = {w.tensor_name(f.value): f for f in graph_fields if f.number == w.GRAPH_INITIALIZER}
-    custom_ids = {id(f) for f, _ in custom}
-    kept_nodes = [n for f, n in nodes if id(f) not in custom_ids]
-    still_read: set[str] = set()
-    cast_only: dict[str, bool] = {}
-    for n in kept_nodes:
-        still_read.update(n.inputs)
-        for sub in n.subgraphs:
-            still_read.update(w.graph_input_names(sub))
-        for name in n.inputs:
-            cast_only[name] = cast_only.get(name, True) and n.op_type == "Cast" and n.domain in ("", "ai.onnx")
     graph_outputs = {w.string_field(f.value, w.VALUE_INFO_NAME) for f in graph_fields if f.number == w.GRAPH_OUTPUT}
-    still_read |= graph_outputs
+    readers: dict[str, list[w.Node]] = {}
+    subgraph_reads: set[str] = set()
+    for _, n in nodes:
+        for name in n.inputs:
+            readers.setdefault(name, []).append(n)
+        for sub in n.subgraphs:
+            subgraph_reads.update(w.graph_input_names(sub))
 
-    decoded: list[bytes] = []
-    replaced: set[str] = set()
-    dropped_inputs: set[str] = set()
+    def sole_reader(name: str) -> w.Node | None:
+        users = readers.get(name, [])
+        if len(users) != 1 or name in graph_outputs or name in subgraph_reads:
+            return None
+        return users[0]
+
+    removed: set[int] = set()  # ids of Node objects dropped from the graph
+    results: dict[str, np.ndarray] = {}
     for _, node in custom:
         where = f"node {node.name or node.outputs[:1]} ({node.domain}::{node.op_type})"
         if len(node.outputs) != 1:
@@ -118,26 +131,43 @@ def _decode_bytes(data: bytes) -> bytes:
             arrays.append(w.parse_tensor(initializers[name].value, f"{where} input {name!r}"))
         decoder = decoder_for(node.domain, node.op_type, node.int_attrs.get("format_version", -1), where)
         out = decoder(arrays, node.int_attrs, where)
+        del arrays
+        removed.add(id(node))
         name = node.outputs[0]
-        if cast_only.get(name) and name not in graph_outputs:
-            out = _narrow(out)
-        decoded.append(w.len_field(w.GRAPH_INITIALIZER, w.tensor_proto(name, out)))
-        replaced.add(name)
-        dropped_inputs.update(node.inputs)
-    dropped_inputs -= still_read
+        folded = _fold_scale(name, out, sole_reader, initializers) if hand_over else None
+        if folded is not None:
+            cast, mul, weight_name, weight = folded
+            removed.update((id(cast), id(mul)))
+            results[weight_name] = weight
+            continue
+        users = readers.get(name, [])
+        if users and all(u.op_type == "Cast" and u.domain in ("", "ai.onnx") for u in users) \
+                and name not in graph_outputs and name not in subgraph_reads:
+            out = _narrow(out)  # Cast reads any integer type; fewer bytes to hold
+        results[name] = out
 
+    still_read = set(graph_outputs) | subgraph_reads
+    for _, n in nodes:
+        if id(n) not in removed:
+            still_read.update(n.inputs)
+    dropped = {name for _, n in nodes if id(n) in removed for name in n.inputs} - still_read
+    dropped |= set(results)  # a decoded name replaces whatever stood there
+
+    node_of = {id(f): n for f, n in nodes}
     parts: list[bytes | memoryview] = []
     for f in graph_fields:
-        if f.number == w.GRAPH_NODE and id(f) in custom_ids:
+        if f.number == w.GRAPH_NODE and id(node_of[id(f)]) in removed:
             continue
-        if f.number == w.GRAPH_INITIALIZER and w.tensor_name(f.value) in dropped_inputs:
+        if f.number == w.GRAPH_INITIALIZER and w.tensor_name(f.value) in dropped:
             continue
-        if f.number == w.GRAPH_VALUE_INFO and w.string_field(f.value, w.VALUE_INFO_NAME) in replaced:
-            continue  # its declared int32 type may no longer hold after narrowing
+        if f.number == w.GRAPH_VALUE_INFO and w.string_field(f.value, w.VALUE_INFO_NAME) in results:
+            continue  # its declared int32 type may no longer hold after narrowing or folding
         parts.append(f.raw)
-    parts.extend(decoded)
+    for name, array in results.items():
+        proto = w.external_stub(name, array) if hand_over else w.tensor_proto(name, array)
+        parts.append(w.len_field(w.GRAPH_INITIALIZER, proto))
     graph_payload = b"".join(parts)
-    del parts, decoded
+    del parts
 
     out_parts: list[bytes | memoryview] = []
     for f in top:
@@ -147,7 +177,31 @@ def _decode_bytes(data: bytes) -> bytes:
             continue  # no ai.onnxcomp node is left
         else:
             out_parts.append(f.raw)
-    return b"".join(out_parts)
+    return b"".join(out_parts), (results if hand_over else {})
+
+
+def _fold_scale(name, values, sole_reader, initializers):
+    """(cast, mul, weight name, weight) when ``name`` feeds only Cast(float32) -> Mul(initializer)."""
+    cast = sole_reader(name)
+    if cast is None or cast.op_type != "Cast" or cast.domain not in ("", "ai.onnx"):
+        return None
+    dtype = _FOLDABLE_CASTS.get(cast.int_attrs.get("to", -1))
+    if dtype is None or len(cast.outputs) != 1:
+        return None
+    mul = sole_reader(cast.outputs[0])
+    if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") or len(mul.inputs) != 2:
+        return None
+    other = mul.inputs[1] if mul.inputs[0] == cast.outputs[0] else mul.inputs[0]
+    if other not in initializers or other == cast.outputs[0]:
+        return None
+    step = w.parse_tensor(initializers[other].value, f"initializer {other!r}")
+    if step.dtype != dtype:
+        return None
+    try:
+        weight = np.multiply(values.astype(dtype), step) if mul.inputs[0] == cast.outputs[0] else np.multiply(step, values.astype(dtype))
+    except ValueError:
+        return None  # shapes do not broadcast: leave it to onnxruntime to report
+    return cast, mul, mul.outputs[0], weight
 
 
 def _reject_custom_nodes_in_subgraphs(nodes) -> None:
@@ -172,9 +226,7 @@ def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: An
     """
     import onnxruntime as ort
 
-    data = read_model_bytes(path_or_model)
-    decoded = _decode_bytes(data)
-    del data
+    decoded, arrays = _rewrite(read_model_bytes(path_or_model), hand_over=True)
     if providers is None:
         providers = ["CPUExecutionProvider"]
     if sess_options is None:
@@ -184,6 +236,8 @@ def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: An
     # A session made from bytes cannot find external data files, so hand those tensors over
     # directly (memory-mapped); onnxruntime then ignores their stored locations.
     external = external_initializers(decoded, base_dir)
+    external.update(arrays)
+    del arrays
     values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in external.values()]
     if external:
         sess_options.add_external_initializers(list(external), values)

@@ -213,6 +213,8 @@ def external_tensor(payload: memoryview, base_dir: str | None) -> tuple[str, np.
         if f.number == TENSOR_EXTERNAL_DATA:
             kv = {g.number: _text(g.value) for g in parse_fields(f.value)}
             entries[kv.get(1, "")] = kv.get(2, "")
+    if entries.get("location") == IN_MEMORY_LOCATION:
+        return None  # a stub of ours: its array is handed over separately
     if base_dir is None:
         raise ModelLoadError(f"tensor {name!r} is stored as external data; load the model from its path, not from bytes")
     if data_type not in ONNX_TO_NUMPY:
@@ -227,6 +229,23 @@ def external_tensor(payload: memoryview, base_dir: str | None) -> tuple[str, np.
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"tensor {name!r}: cannot read external data {path!r} ({exc})") from None
     return name, array.reshape(dims)
+
+
+IN_MEMORY_LOCATION = "onnxcomp-decoded-in-memory"
+
+
+def external_stub(name: str, array: np.ndarray) -> bytes:
+    """A TensorProto that declares ``array``'s name, type and shape with external data that is
+    never read: the array itself goes to onnxruntime through add_external_initializers."""
+    out = bytearray()
+    for d in array.shape:
+        out += varint_field(TENSOR_DIMS, d)
+    out += varint_field(TENSOR_DATA_TYPE, NUMPY_TO_ONNX[np.dtype(array.dtype)])
+    out += len_field(TENSOR_NAME, name.encode())
+    for key, value in (("location", IN_MEMORY_LOCATION), ("offset", "0"), ("length", str(array.nbytes))):
+        out += len_field(TENSOR_EXTERNAL_DATA, len_field(1, key.encode()) + len_field(2, value.encode()))
+    out += varint_field(TENSOR_DATA_LOCATION, 1)
+    return bytes(out)
 
 
 def tensor_proto(name: str, array: np.ndarray) -> bytes:

@@ -120,3 +120,16 @@ def test_data_options_are_checked(mlp_file, tmp_path):
     assert r.returncode == 5 and "never reads a test split" in r.stderr
     r = onnxcomp("compress", mlp_file, "-o", tmp_path / "o.onnx", "--data", "nosuch:thing")
     assert r.returncode == 5
+
+
+def test_unlabeled_npz_data_drives_the_search(mlp_file, tmp_path):
+    """No labels: the budget is on how many predictions change; GPTQ calibrates on the data."""
+    x = np.random.default_rng(0).random((400, 64)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    r = onnxcomp("compress", mlp_file, "-o", out, "--data", tmp_path / "calib.npz", "--max-error-increase", "0.02",
+                 "--report", report, "--quiet")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(report.read_text())
+    assert rep["metrics"]["val_disagreement"] <= 0.02
+    assert {t["name"]: t for t in rep["tensors"]}["W1"]["rounding"] == "gptq"

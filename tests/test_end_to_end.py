@@ -48,15 +48,24 @@ def test_searched_ptq_reaches_the_target(tmp_path, name, max_bits):
     assert metrics["val_error"] <= metrics["val_error_original"] + 0.001 + 1e-9
     assert report["bits_per_param"] <= max_bits
     assert test_error(out) <= test_error(src) + 0.001
-    # Same outputs through the custom op as through decode at load (optimizations off on both).
+    # Same outputs on every runtime path: the custom op equals the decoded graph evaluated the
+    # same way (optimizations off, weights computed at run time); decode at load equals the
+    # `decompress`ed float model (weights are constants in both).
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from onnxcomp.decompress import decompress
+
+    def no_opt():
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return so
+
+    x = {"input": load_data("mnist:test", model_input_shapes(load_proto(src))).test.inputs["input"][:256]}
+    so = no_opt()
     rt.register(so)
-    custom = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
-    so2 = ort.SessionOptions()
-    so2.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    plain = rt.InferenceSession(out, so2)
-    x = load_data("mnist:test", model_input_shapes(load_proto(src))).test.inputs["input"][:256]
-    np.testing.assert_array_equal(custom.run(None, {"input": x})[0], plain.run(None, {"input": x})[0])
+    custom = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"]).run(None, x)[0]
+    decoded = ort.InferenceSession(rt.decode_model(out), no_opt(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_array_equal(custom, decoded)
+    decompress(out, tmp_path / "plain.onnx")
+    plain = ort.InferenceSession(str(tmp_path / "plain.onnx"), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_array_equal(rt.InferenceSession(out).run(None, x)[0], plain)
