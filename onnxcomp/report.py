@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from onnxcomp.coding import entropy_bits
 from onnxcomp.runtime import format as fmt
-from onnxcomp.runtime.ops import decoder_for
+from onnxcomp.runtime.ops import decode_node
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
 
@@ -57,7 +57,7 @@ def _decode_node(node: ir.Node) -> np.ndarray:
     arrays = [i.const_value.numpy() for i in node.inputs]
     attrs = {k: a.as_int() for k, a in node.attributes.items()}
     where = f"node {node.name!r}"
-    return decoder_for(node.domain, node.op_type, attrs.get("format_version", -1), where)(arrays, attrs, where)
+    return decode_node(node.domain, node.op_type, arrays, attrs, where)
 
 
 def tensor_rows(original: dict[str, tuple[int, ...]], model: ir.Model, notes: dict[str, dict]) -> list[dict[str, Any]]:

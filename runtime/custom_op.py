@@ -21,7 +21,7 @@ import numpy as np
 from onnxcomp.errors import OnnxcompError
 
 from . import format as fmt
-from .ops import decoder_for
+from .ops import decode_node
 
 CACHE_MAX_BYTES = 1 << 31
 
@@ -48,8 +48,7 @@ def _decode_cached(inputs: list[np.ndarray], attrs: dict[str, int]) -> np.ndarra
             _cache.move_to_end(key)
             return hit
     where = f"{fmt.DOMAIN}::{fmt.ENTROPY_DECODE} (crc32 {attrs.get('crc32', 0):#010x})"
-    decoder = decoder_for(fmt.DOMAIN, fmt.ENTROPY_DECODE, attrs.get("format_version", -1), where)
-    out = decoder(inputs, attrs, where)
+    out = decode_node(fmt.DOMAIN, fmt.ENTROPY_DECODE, inputs, attrs, where)
     out.setflags(write=False)
     with _lock:
         _cache[key] = out

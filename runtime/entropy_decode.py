@@ -10,7 +10,10 @@ words consumed, state back to zero) and that the CRC-32 of the values matches th
 from __future__ import annotations
 
 import math
+import sys
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -60,34 +63,36 @@ def max_symbols_in(num_bits: int, frequencies: np.ndarray) -> float:
     return (num_bits + fmt.STATE_BITS) / min_bits
 
 
-def decode_symbols(words: np.ndarray, frequencies: np.ndarray, count: int, where: str) -> np.ndarray:
-    """Decode ``count`` symbols (int32, 0..K-1) with constriction's ANS; check the stream ends."""
-    import constriction  # imported here so a failing import names the missing package late
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
-    model = constriction.stream.model.Categorical((frequencies - 1).astype(np.float64), perfect=False)
-    # The quantized CDF constriction derives from (f - 1) with perfect=False is exactly cumsum(f);
-    # the tests check this against the pure-Python reference decoder on random tables.
-    coder = constriction.stream.stack.AnsCoder(words)
-    try:
-        symbols = coder.decode(model, count) if count else np.zeros(0, np.int32)
-    except Exception as exc:  # constriction raises ValueError/AssertionError on corrupt streams
-        raise FormatError(f"{where}: corrupt bitstream ({exc})") from None
-    if not coder.is_empty():
-        raise FormatError(f"{where}: bitstream has data left after {count} symbols (truncated table, shape or stream)")
-    return symbols
+# Symbols decoded per constriction call: large enough to amortize the call, small enough that the
+# int32 scratch stays a few MB however large the tensor.
+CHUNK_SYMBOLS = 1 << 20
 
 
-def entropy_decode(
-    bitstream: np.ndarray,
-    frequencies: np.ndarray,
-    offset: np.ndarray | int,
-    shape: np.ndarray,
-    *,
-    crc32: int,
-    format_version: int = fmt.ENTROPY_DECODE_VERSION,
-    where: str = "EntropyDecode",
-) -> np.ndarray:
-    """Decode one EntropyDecode node's inputs into its int32 output tensor (FORMAT.md)."""
+@dataclass(frozen=True)
+class DecodePlan:
+    """A node's inputs after every check that can be made before decoding."""
+
+    words: np.ndarray  # uint32 ANS words
+    frequencies: np.ndarray  # int64 table
+    offset: int
+    shape: tuple[int, ...]
+    crc32: int
+    where: str
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def value_range(self) -> tuple[int, int]:
+        return self.offset, self.offset + self.frequencies.size - 1
+
+
+def plan_decode(bitstream, frequencies, offset, shape, *, crc32: int,
+                format_version: int = fmt.ENTROPY_DECODE_VERSION, where: str = "EntropyDecode") -> DecodePlan:
+    """Check one EntropyDecode node's inputs against FORMAT.md section 4; allocate nothing big."""
     if format_version != fmt.ENTROPY_DECODE_VERSION:
         raise FormatError(
             f"{where}: format_version {format_version} is not supported (this decoder reads "
@@ -101,6 +106,9 @@ def entropy_decode(
     off = np.asarray(offset)
     if off.dtype != np.int32 or off.size != 1:
         raise FormatError(f"{where}: offset must be an int32 scalar, got {off.dtype}{list(off.shape)}")
+    lo = int(off.reshape(()))
+    if lo + f.size - 1 > np.iinfo(np.int32).max:
+        raise FormatError(f"{where}: offset {lo} with {f.size} symbols puts decoded values outside int32")
     count = math.prod(dims)
     if count > max_symbols_in(8 * b.size, f):
         raise FormatError(
@@ -109,17 +117,61 @@ def entropy_decode(
         )
     # A copy, not a view: the file's buffer may be unaligned, and it is small.
     words = np.frombuffer(b.tobytes(), dtype="<u4").astype(np.uint32)
-    symbols = decode_symbols(words, f, count, where)
-    values = symbols.astype(np.int64) + int(off.reshape(()))
-    if values.size and (values.min() < -(2**31) or values.max() >= 2**31):
-        raise FormatError(f"{where}: offset {int(off)} puts decoded values outside int32")
-    values = values.astype(np.int32).reshape(dims)
-    actual = crc32_of(values)
-    if actual != int(crc32):
-        raise FormatError(f"{where}: CRC mismatch (stored {int(crc32):#010x}, decoded {actual:#010x}): tampered or corrupt")
-    return values
+    return DecodePlan(words, f, lo, dims, int(crc32) & 0xFFFFFFFF if int(crc32) >= 0 else -1, where)
+
+
+def iter_values(plan: DecodePlan, granularity: int = 1) -> Iterator[np.ndarray]:
+    """Decoded int32 values in C order, in chunks of a multiple of ``granularity`` values.
+
+    The stream-end and CRC checks run after the last chunk: a consumer must treat what it built
+    as valid only once the iterator is exhausted without error.
+    """
+    import constriction  # imported here so a failing import names the missing package late
+
+    model = constriction.stream.model.Categorical((plan.frequencies - 1).astype(np.float64), perfect=False)
+    # The quantized CDF constriction derives from (f - 1) with perfect=False is exactly cumsum(f);
+    # the tests check this against the pure-Python reference decoder on random tables.
+    coder = constriction.stream.stack.AnsCoder(plan.words)
+    step = max(1, CHUNK_SYMBOLS // max(1, granularity)) * max(1, granularity)
+    crc = 0
+    done = 0
+    while done < plan.count:
+        n = min(step, plan.count - done)
+        try:
+            chunk = coder.decode(model, n)
+        except Exception as exc:  # constriction raises ValueError/AssertionError on corrupt streams
+            raise FormatError(f"{plan.where}: corrupt bitstream ({exc})") from None
+        chunk += np.int32(plan.offset)  # cannot overflow: checked against the table in plan_decode
+        crc = zlib.crc32(memoryview(chunk if _LITTLE_ENDIAN else chunk.astype("<i4")).cast("B"), crc)
+        done += n
+        yield chunk
+    if not coder.is_empty():
+        raise FormatError(f"{plan.where}: bitstream has data left after {plan.count} symbols (truncated table, shape or stream)")
+    if crc != plan.crc32:
+        raise FormatError(f"{plan.where}: CRC mismatch (stored {plan.crc32:#010x}, decoded {crc:#010x}): tampered or corrupt")
+
+
+def entropy_decode(
+    bitstream: np.ndarray,
+    frequencies: np.ndarray,
+    offset: np.ndarray | int,
+    shape: np.ndarray,
+    *,
+    crc32: int,
+    format_version: int = fmt.ENTROPY_DECODE_VERSION,
+    where: str = "EntropyDecode",
+) -> np.ndarray:
+    """Decode one EntropyDecode node's inputs into its int32 output tensor (FORMAT.md)."""
+    plan = plan_decode(bitstream, frequencies, offset, shape, crc32=crc32, format_version=format_version, where=where)
+    out = np.empty(plan.count, dtype=np.int32)
+    pos = 0
+    for chunk in iter_values(plan):
+        out[pos : pos + chunk.size] = chunk
+        pos += chunk.size
+    return out.reshape(plan.shape)
 
 
 def crc32_of(values: np.ndarray) -> int:
     """CRC-32 (zlib polynomial) of the values as little-endian int32, in C order."""
-    return zlib.crc32(np.ascontiguousarray(values, dtype="<i4").tobytes()) & 0xFFFFFFFF
+    flat = np.ascontiguousarray(values, dtype="<i4").reshape(-1)
+    return zlib.crc32(memoryview(flat).cast("B") if flat.size else b"") & 0xFFFFFFFF

@@ -13,6 +13,7 @@ during session creation well below two copies of the float weights.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from onnxcomp.errors import FormatError, ModelLoadError
 
 from . import format as fmt
 from . import onnx_wire as w
-from .ops import decoder_for
+from .entropy_decode import DecodePlan, iter_values
+from .ops import planner_for
 
 
 def read_model_bytes(model: Any) -> bytes:
@@ -43,14 +45,47 @@ def read_model_bytes(model: Any) -> bytes:
         raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def _narrow(values: np.ndarray) -> np.ndarray:
-    if values.size == 0:
-        return values
-    lo, hi = int(values.min()), int(values.max())
+def _narrowest(lo: int, hi: int) -> np.dtype:
     for dt in (np.int8, np.int16):
         if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
-            return values.astype(dt)
-    return values
+            return np.dtype(dt)
+    return np.dtype(np.int32)
+
+
+def _decode_ints(plan: DecodePlan, dtype: np.dtype) -> np.ndarray:
+    out = np.empty(plan.count, dtype=dtype)
+    pos = 0
+    for chunk in iter_values(plan):
+        out[pos : pos + chunk.size] = chunk  # values lie in the table's range: no overflow
+        pos += chunk.size
+    return out.reshape(plan.shape)
+
+
+def _decode_scaled(plan: DecodePlan, step: np.ndarray, step_first: bool) -> np.ndarray | None:
+    """float32 weight = Cast(values) * step, computed chunk by chunk along axis 0, exactly as
+    onnxruntime computes it (exact int->float32 conversion, one correctly rounded multiply).
+    None when step does not broadcast against the shape the way this loop needs."""
+    shape = plan.shape
+    try:
+        full = np.broadcast_shapes(shape, step.shape)
+    except ValueError:
+        return None
+    if full != shape or not shape:
+        return None
+    lead = step.ndim == len(shape) and step.shape[0] == shape[0] and shape[0] > 1
+    row = math.prod(shape[1:])
+    out = np.empty(shape, dtype=np.float32)
+    flat = out.reshape(shape[0], -1)
+    r = 0
+    for chunk in iter_values(plan, granularity=max(1, row)):
+        rows = chunk.size // max(1, row)
+        part = chunk.reshape((rows,) + shape[1:])
+        s = step[r : r + rows] if lead else step
+        block = np.multiply(s, part, dtype=np.float32, casting="unsafe") if step_first else \
+            np.multiply(part, s, dtype=np.float32, casting="unsafe")
+        flat[r : r + rows] = block.reshape(rows, -1)
+        r += rows
+    return out
 
 
 def decode_model(model: Any) -> bytes:
@@ -76,8 +111,7 @@ def external_initializers(data: bytes, base_dir: str | None) -> dict[str, np.nda
     return out
 
 
-# Cast targets whose Cast -> Mul chain numpy computes exactly as onnxruntime does.
-_FOLDABLE_CASTS = {1: np.float32}
+FLOAT32 = 1  # TensorProto.FLOAT: the Cast target whose Cast -> Mul chain is folded here
 
 
 def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]]:
@@ -129,22 +163,25 @@ def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]
             if name not in initializers:
                 raise FormatError(f"{where}: input {name!r} is not an initializer of the main graph")
             arrays.append(w.parse_tensor(initializers[name].value, f"{where} input {name!r}"))
-        decoder = decoder_for(node.domain, node.op_type, node.int_attrs.get("format_version", -1), where)
-        out = decoder(arrays, node.int_attrs, where)
+        plan = planner_for(node.domain, node.op_type, node.int_attrs.get("format_version", -1), where)(arrays, node.int_attrs, where)
         del arrays
         removed.add(id(node))
         name = node.outputs[0]
-        folded = _fold_scale(name, out, sole_reader, initializers) if hand_over else None
-        if folded is not None:
-            cast, mul, weight_name, weight = folded
-            removed.update((id(cast), id(mul)))
-            results[weight_name] = weight
-            continue
+        target = _scale_chain(name, sole_reader, initializers) if hand_over else None
+        if target is not None:
+            cast, mul, weight_name, step, step_first = target
+            weight = _decode_scaled(plan, step, step_first)
+            if weight is not None:
+                removed.update((id(cast), id(mul)))
+                results[weight_name] = weight
+                continue
+            plan = planner_for(node.domain, node.op_type, node.int_attrs.get("format_version", -1), where)(
+                [w.parse_tensor(initializers[i].value, where) for i in node.inputs], node.int_attrs, where)
         users = readers.get(name, [])
-        if users and all(u.op_type == "Cast" and u.domain in ("", "ai.onnx") for u in users) \
-                and name not in graph_outputs and name not in subgraph_reads:
-            out = _narrow(out)  # Cast reads any integer type; fewer bytes to hold
-        results[name] = out
+        cast_only = bool(users) and all(u.op_type == "Cast" and u.domain in ("", "ai.onnx") for u in users) \
+            and name not in graph_outputs and name not in subgraph_reads
+        # Cast reads any integer type, so its input may be held in fewer bytes.
+        results[name] = _decode_ints(plan, _narrowest(*plan.value_range) if cast_only else np.dtype(np.int32))
 
     still_read = set(graph_outputs) | subgraph_reads
     for _, n in nodes:
@@ -180,28 +217,25 @@ def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]
     return b"".join(out_parts), (results if hand_over else {})
 
 
-def _fold_scale(name, values, sole_reader, initializers):
-    """(cast, mul, weight name, weight) when ``name`` feeds only Cast(float32) -> Mul(initializer)."""
+def _scale_chain(name, sole_reader, initializers):
+    """(cast, mul, weight name, step, step is Mul's first input) when ``name`` feeds only
+    Cast(to float32) -> Mul(by a float32 initializer), else None."""
     cast = sole_reader(name)
     if cast is None or cast.op_type != "Cast" or cast.domain not in ("", "ai.onnx"):
         return None
-    dtype = _FOLDABLE_CASTS.get(cast.int_attrs.get("to", -1))
-    if dtype is None or len(cast.outputs) != 1:
+    if cast.int_attrs.get("to", -1) != FLOAT32 or len(cast.outputs) != 1:
         return None
     mul = sole_reader(cast.outputs[0])
     if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") or len(mul.inputs) != 2:
         return None
-    other = mul.inputs[1] if mul.inputs[0] == cast.outputs[0] else mul.inputs[0]
+    step_first = mul.inputs[1] == cast.outputs[0]
+    other = mul.inputs[0] if step_first else mul.inputs[1]
     if other not in initializers or other == cast.outputs[0]:
         return None
     step = w.parse_tensor(initializers[other].value, f"initializer {other!r}")
-    if step.dtype != dtype:
+    if step.dtype != np.float32:
         return None
-    try:
-        weight = np.multiply(values.astype(dtype), step) if mul.inputs[0] == cast.outputs[0] else np.multiply(step, values.astype(dtype))
-    except ValueError:
-        return None  # shapes do not broadcast: leave it to onnxruntime to report
-    return cast, mul, mul.outputs[0], weight
+    return cast, mul, mul.outputs[0], step, step_first
 
 
 def _reject_custom_nodes_in_subgraphs(nodes) -> None:
