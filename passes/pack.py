@@ -40,10 +40,13 @@ class PackPass(CompressionPass):
     summary = "entropy-code integer latents into ai.onnxcomp::EntropyDecode nodes"
 
     min_elements: int = field(default=16, metadata={"help": "smaller integer tensors are stored raw (narrowest type), not coded"})
+    stream_symbols: int = field(default=1 << 22, metadata={"help": "larger tensors are coded as several streams (row blocks + Concat) that decode in parallel"})
 
     def validate_options(self) -> None:
         if self.min_elements < 1:
             raise PipelineError(f"pass 'pack': option min_elements={self.min_elements} must be >= 1")
+        if self.stream_symbols < 1024:
+            raise PipelineError(f"pass 'pack': option stream_symbols={self.stream_symbols} must be >= 1024")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -62,8 +65,9 @@ class PackPass(CompressionPass):
             cast_only = all(u.node.op_type == "Cast" for u in uses)
             raw_dtype = narrowest_int_dtype(int(array.min()), int(array.max())) if array.size else np.dtype(np.int8)
             raw_bytes = array.size * raw_dtype.itemsize
-            encoded = encode_tensor(array) if array.size >= self.min_elements else None
-            if encoded is None or (cast_only and raw_bytes <= encoded.payload_bytes):
+            encoded = [encode_tensor(p) for p in split_rows(array, self.stream_symbols)] if array.size >= self.min_elements else None
+            coded_bytes = sum(e.payload_bytes for e in encoded) if encoded else 0
+            if encoded is None or (cast_only and raw_bytes <= coded_bytes):
                 if cast_only and raw_dtype != array.dtype:
                     value.const_value = ir.tensor(array.astype(raw_dtype), name=name)
                     value.dtype = ir.DataType.from_numpy(raw_dtype)
@@ -71,10 +75,13 @@ class PackPass(CompressionPass):
                 stored = value.const_value.dtype.name.lower()
                 self.context.note(name, codec=f"raw-{stored}", coded_bytes=int(value.const_value.nbytes))
                 continue
-            self._check_round_trip(name, array, encoded)
+            for part, enc in zip(split_rows(array, self.stream_symbols), encoded):
+                self._check_round_trip(name, part, enc)
             self._replace(model, value, encoded, taken)
-            self.context.note(name, codec="ans", coded_bytes=encoded.payload_bytes, bitstream_bytes=encoded.bitstream.nbytes,
-                              ideal_bits=encoded.ideal_bits, entropy_bits=encoded.empirical_entropy_bits)
+            self.context.note(name, codec="ans", streams=len(encoded), coded_bytes=coded_bytes,
+                              bitstream_bytes=sum(e.bitstream.nbytes for e in encoded),
+                              ideal_bits=sum(e.ideal_bits for e in encoded),
+                              entropy_bits=sum(e.empirical_entropy_bits for e in encoded))
             modified = True
         if modified and fmt.DOMAIN not in model.opset_imports:
             model.opset_imports[fmt.DOMAIN] = fmt.DOMAIN_VERSION
@@ -88,25 +95,48 @@ class PackPass(CompressionPass):
             raise PassError(f"pack: tensor {name!r} does not decode to itself (coder bug)")
 
     @staticmethod
-    def _replace(model: ir.Model, value: ir.Value, enc: EncodedTensor, taken: set[str]) -> None:
+    def _replace(model: ir.Model, value: ir.Value, parts: list[EncodedTensor], taken: set[str]) -> None:
+        """EntropyDecode node(s) producing ``value``'s name: one per stream, Concat'ed on axis 0."""
         graph = model.graph
         name = value.name
-        inputs = [
-            new_initializer(graph, unique_name(model, f"{name}.bitstream", taken), enc.bitstream),
-            new_initializer(graph, unique_name(model, f"{name}.frequencies", taken), enc.frequencies),
-            new_initializer(graph, unique_name(model, f"{name}.offset", taken), np.array(enc.offset, np.int32)),
-            new_initializer(graph, unique_name(model, f"{name}.shape", taken), np.array(enc.shape, np.int64)),
-        ]
-        node = ir.Node(
-            fmt.DOMAIN, fmt.ENTROPY_DECODE, inputs,
-            {"format_version": ir.AttrInt64("format_version", fmt.ENTROPY_DECODE_VERSION),
-             "crc32": ir.AttrInt64("crc32", enc.crc32)},
-            name=unique_name(model, f"{name}/EntropyDecode", taken),
-        )
-        out = node.outputs[0]
-        out.dtype = ir.DataType.INT32
-        out.shape = ir.Shape(enc.shape)
-        graph.insert_before(graph[0], node)
+        nodes, outputs = [], []
+        for i, enc in enumerate(parts):
+            stem = name if len(parts) == 1 else f"{name}.part{i}"
+            inputs = [
+                new_initializer(graph, unique_name(model, f"{stem}.bitstream", taken), enc.bitstream),
+                new_initializer(graph, unique_name(model, f"{stem}.frequencies", taken), enc.frequencies),
+                new_initializer(graph, unique_name(model, f"{stem}.offset", taken), np.array(enc.offset, np.int32)),
+                new_initializer(graph, unique_name(model, f"{stem}.shape", taken), np.array(enc.shape, np.int64)),
+            ]
+            node = ir.Node(
+                fmt.DOMAIN, fmt.ENTROPY_DECODE, inputs,
+                {"format_version": ir.AttrInt64("format_version", fmt.ENTROPY_DECODE_VERSION),
+                 "crc32": ir.AttrInt64("crc32", enc.crc32)},
+                name=unique_name(model, f"{stem}/EntropyDecode", taken),
+            )
+            node.outputs[0].dtype = ir.DataType.INT32
+            node.outputs[0].shape = ir.Shape(enc.shape)
+            if len(parts) > 1:
+                node.outputs[0].name = unique_name(model, stem, taken)
+            nodes.append(node)
+            outputs.append(node.outputs[0])
+        if len(parts) > 1:
+            concat = ir.Node("", "Concat", outputs, {"axis": ir.AttrInt64("axis", 0)},
+                             name=unique_name(model, f"{name}/concat_streams", taken))
+            concat.outputs[0].dtype = ir.DataType.INT32
+            nodes.append(concat)
+        out = nodes[-1].outputs[0]
+        out.shape = ir.Shape(value.const_value.shape)
+        graph.insert_before(graph[0], nodes)
         value.replace_all_uses_with(out)
         del graph.initializers[name]
         out.name = name
+
+
+def split_rows(array: np.ndarray, max_symbols: int) -> list[np.ndarray]:
+    """Row blocks (axis 0) of at most ~max_symbols values each; the tensor whole if it is small
+    or has no rows to split."""
+    if array.size <= max_symbols or array.ndim == 0 or array.shape[0] < 2:
+        return [array]
+    parts = min(array.shape[0], -(-array.size // max_symbols))
+    return [np.ascontiguousarray(p) for p in np.array_split(array, parts, axis=0)]

@@ -64,10 +64,13 @@ class QuantizePass(CompressionPass):
             )
         data = self.context.data
         self._stats: dict = {}
-        if (self.importance or self.gptq) and data is not None and data.train is not None:
+        calibration = None if data is None else data.train if data.train is not None else data.val
+        if (self.importance or self.gptq) and calibration is not None:
             from onnxcomp.activation_stats import input_covariances
 
-            self._stats = input_covariances(model, weights, data.train)
+            # Layer statistics come from the train split; data with only an evaluation split
+            # (a plain .npz) calibrates on that.
+            self._stats = input_covariances(model, weights, calibration)
         bits = {w.name: self.bits + (self.bias_bits if w.role == "bias" else 0.0) for w in weights}
         if self.context.max_error_increase is not None and data is not None:
             from onnxcomp.step_search import search_bits

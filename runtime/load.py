@@ -1,20 +1,23 @@
-"""Decode at load: turn a model with ``ai.onnxcomp`` nodes into standard ONNX, then a session.
+"""Decode at load: turn a model with ``ai.onnxcomp`` nodes into a plain onnxruntime session.
 
-Each custom node of the main graph is decoded once (numpy + constriction) and replaced by a plain
-initializer holding its output; the standard decode subgraph after it (Cast, Mul, Gather, ...)
-then consists of constants only, and onnxruntime's constant folding turns it into float weights
-when the session is created. Runs therefore cost exactly what the plain model costs.
+Each EntropyDecode node of the main graph (or group of them joined by a Concat on axis 0: one
+large tensor coded as several streams) is decoded once. For the session, each decoded tensor
+that feeds ``Cast(to float32) -> Mul(step)`` is folded into its float32 weight right here, and
+every decoded tensor is handed to onnxruntime as an external initializer, while the serialized
+graph keeps only a small stub for it: the weights are neither serialized nor copied, and nothing
+is left for onnxruntime to fold. Runs then cost exactly what the plain model costs.
+:func:`decode_model` instead writes the decoded integers inline, giving standard ONNX bytes.
 
-Works on the serialized bytes (see :mod:`.onnx_wire`), so it needs no ``onnx`` package.
-Memory: a decoded tensor whose only consumers are Cast nodes is stored in the narrowest integer
-type that holds it (Cast reads any integer type, so outputs are unchanged), which keeps the peak
-during session creation well below two copies of the float weights.
+Works on the serialized bytes (see :mod:`.onnx_wire`), so it needs no ``onnx`` package. Streams
+are decoded on all cores (:mod:`.parallel_decode`). Integers whose only readers are Cast nodes
+are held in the narrowest type their table's range allows (Cast reads any integer type).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,11 @@ from onnxcomp.errors import FormatError, ModelLoadError
 
 from . import format as fmt
 from . import onnx_wire as w
-from .entropy_decode import DecodePlan, iter_values
+from .entropy_decode import DecodePlan
 from .ops import planner_for
+from .parallel_decode import PARALLEL_MIN_SYMBOLS, Arena, Job, run_jobs, workers_available
+
+FLOAT32 = 1  # TensorProto.FLOAT: the Cast target whose Cast -> Mul chain is folded here
 
 
 def read_model_bytes(model: Any) -> bytes:
@@ -43,49 +49,6 @@ def read_model_bytes(model: Any) -> bytes:
         raise ModelLoadError(f"{path}: is a directory, not an ONNX file") from None
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from None
-
-
-def _narrowest(lo: int, hi: int) -> np.dtype:
-    for dt in (np.int8, np.int16):
-        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
-            return np.dtype(dt)
-    return np.dtype(np.int32)
-
-
-def _decode_ints(plan: DecodePlan, dtype: np.dtype) -> np.ndarray:
-    out = np.empty(plan.count, dtype=dtype)
-    pos = 0
-    for chunk in iter_values(plan):
-        out[pos : pos + chunk.size] = chunk  # values lie in the table's range: no overflow
-        pos += chunk.size
-    return out.reshape(plan.shape)
-
-
-def _decode_scaled(plan: DecodePlan, step: np.ndarray, step_first: bool) -> np.ndarray | None:
-    """float32 weight = Cast(values) * step, computed chunk by chunk along axis 0, exactly as
-    onnxruntime computes it (exact int->float32 conversion, one correctly rounded multiply).
-    None when step does not broadcast against the shape the way this loop needs."""
-    shape = plan.shape
-    try:
-        full = np.broadcast_shapes(shape, step.shape)
-    except ValueError:
-        return None
-    if full != shape or not shape:
-        return None
-    lead = step.ndim == len(shape) and step.shape[0] == shape[0] and shape[0] > 1
-    row = math.prod(shape[1:])
-    out = np.empty(shape, dtype=np.float32)
-    flat = out.reshape(shape[0], -1)
-    r = 0
-    for chunk in iter_values(plan, granularity=max(1, row)):
-        rows = chunk.size // max(1, row)
-        part = chunk.reshape((rows,) + shape[1:])
-        s = step[r : r + rows] if lead else step
-        block = np.multiply(s, part, dtype=np.float32, casting="unsafe") if step_first else \
-            np.multiply(part, s, dtype=np.float32, casting="unsafe")
-        flat[r : r + rows] = block.reshape(rows, -1)
-        r += rows
-    return out
 
 
 def decode_model(model: Any) -> bytes:
@@ -111,17 +74,45 @@ def external_initializers(data: bytes, base_dir: str | None) -> dict[str, np.nda
     return out
 
 
-FLOAT32 = 1  # TensorProto.FLOAT: the Cast target whose Cast -> Mul chain is folded here
+def _narrowest(lo: int, hi: int) -> np.dtype:
+    for dt in (np.int8, np.int16):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.int32)
+
+
+@dataclass
+class DecodedTensor:
+    """One decoded value of the graph: a single EntropyDecode output, or a Concat (axis 0) of
+    several, each read only by that Concat."""
+
+    name: str
+    parts: list[w.Node]
+    concat: w.Node | None = None
+    plans: list[DecodePlan] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> list[w.Node]:
+        return self.parts + ([self.concat] if self.concat is not None else [])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        first = self.plans[0].shape
+        if self.concat is None:
+            return first
+        return (sum(p.shape[0] for p in self.plans),) + first[1:]
+
+    @property
+    def value_range(self) -> tuple[int, int]:
+        return min(p.value_range[0] for p in self.plans), max(p.value_range[1] for p in self.plans)
 
 
 def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]]:
     """Decode every ai.onnxcomp node of the main graph.
 
     hand_over=False: decoded tensors become inline initializers (standard ONNX bytes).
-    hand_over=True: in addition, each ``EntropyDecode -> Cast(float) -> Mul(step)`` chain is
-    folded here into the float weight, and every decoded tensor is returned as an array to hand
-    to onnxruntime (``add_external_initializers``) while the bytes keep only a small external-data
-    stub for it: no copy of the weights is serialized, and nothing is left for onnxruntime to fold.
+    hand_over=True: Cast(float32) -> Mul(step) chains are folded too, and every decoded tensor is
+    returned as an array for onnxruntime's add_external_initializers, with a stub in the bytes.
     """
     buf = memoryview(data)
     top = w.parse_fields(buf)
@@ -131,8 +122,7 @@ def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]
     graph_fields = w.parse_fields(graphs[0].value)
 
     nodes = [(f, w.parse_node(f.value)) for f in graph_fields if f.number == w.GRAPH_NODE]
-    custom = [(f, n) for f, n in nodes if n.domain == fmt.DOMAIN]
-    if not custom:
+    if not any(n.domain == fmt.DOMAIN for _, n in nodes):
         return data, {}
     _reject_custom_nodes_in_subgraphs(n for _, n in nodes)
 
@@ -152,36 +142,56 @@ def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]
             return None
         return users[0]
 
-    removed: set[int] = set()  # ids of Node objects dropped from the graph
-    results: dict[str, np.ndarray] = {}
-    for _, node in custom:
-        where = f"node {node.name or node.outputs[:1]} ({node.domain}::{node.op_type})"
-        if len(node.outputs) != 1:
-            raise FormatError(f"{where}: must have exactly one output")
-        arrays = []
-        for name in node.inputs:
-            if name not in initializers:
-                raise FormatError(f"{where}: input {name!r} is not an initializer of the main graph")
-            arrays.append(w.parse_tensor(initializers[name].value, f"{where} input {name!r}"))
-        plan = planner_for(node.domain, node.op_type, node.int_attrs.get("format_version", -1), where)(arrays, node.int_attrs, where)
-        del arrays
-        removed.add(id(node))
-        name = node.outputs[0]
-        target = _scale_chain(name, sole_reader, initializers) if hand_over else None
-        if target is not None:
-            cast, mul, weight_name, step, step_first = target
-            weight = _decode_scaled(plan, step, step_first)
-            if weight is not None:
-                removed.update((id(cast), id(mul)))
-                results[weight_name] = weight
-                continue
-            plan = planner_for(node.domain, node.op_type, node.int_attrs.get("format_version", -1), where)(
-                [w.parse_tensor(initializers[i].value, where) for i in node.inputs], node.int_attrs, where)
-        users = readers.get(name, [])
+    tensors = _group_streams([n for _, n in nodes], sole_reader)
+    for t in tensors:
+        for node in t.parts:
+            where = f"node {node.name or node.outputs[:1]} ({node.domain}::{node.op_type})"
+            if len(node.outputs) != 1:
+                raise FormatError(f"{where}: must have exactly one output")
+            arrays = []
+            for name in node.inputs:
+                if name not in initializers:
+                    raise FormatError(f"{where}: input {name!r} is not an initializer of the main graph")
+                arrays.append(w.parse_tensor(initializers[name].value, f"{where} input {name!r}"))
+            planner = planner_for(node.domain, node.op_type, node.int_attrs.get("format_version", -1), where)
+            t.plans.append(planner(arrays, node.int_attrs, where))
+        if t.concat is not None and any(p.shape[1:] != t.plans[0].shape[1:] or not p.shape for p in t.plans):
+            raise FormatError(f"node {t.concat.name!r}: the streams it joins disagree in shape")
+
+    removed: set[int] = set()  # ids of the parsed nodes dropped from the graph
+    specs, targets = [], []
+    for t in tensors:
+        removed.update(id(n) for n in t.nodes)
+        chain = _scale_chain(t.name, sole_reader, initializers) if hand_over else None
+        if chain is not None and _broadcasts(chain[3], t.shape):
+            cast, mul, weight_name, step, step_first = chain
+            removed.update((id(cast), id(mul)))
+            specs.append((t.shape, np.dtype(np.float32)))
+            targets.append((weight_name, step, step_first))
+            continue
+        users = readers.get(t.name, [])
         cast_only = bool(users) and all(u.op_type == "Cast" and u.domain in ("", "ai.onnx") for u in users) \
-            and name not in graph_outputs and name not in subgraph_reads
-        # Cast reads any integer type, so its input may be held in fewer bytes.
-        results[name] = _decode_ints(plan, _narrowest(*plan.value_range) if cast_only else np.dtype(np.int32))
+            and t.name not in graph_outputs and t.name not in subgraph_reads
+        specs.append((t.shape, _narrowest(*t.value_range) if cast_only else np.dtype(np.int32)))
+        targets.append((t.name, None, False))
+
+    total = sum(p.count for t in tensors for p in t.plans)
+    workers = workers_available() if total >= PARALLEL_MIN_SYMBOLS else 1
+    arena = Arena(specs, shared=workers > 1)
+    jobs = []
+    results: dict[str, np.ndarray] = {}
+    for t, out, (name, step, step_first) in zip(tensors, arena.arrays, targets):
+        row0 = 0
+        for plan in t.plans:
+            rows = plan.shape[0] if t.concat is not None else None
+            dest = out[row0 : row0 + rows] if rows is not None else out
+            part_step = step
+            if step is not None and rows is not None and step.ndim == len(t.shape) and step.shape[0] == t.shape[0] > 1:
+                part_step = step[row0 : row0 + rows]
+            jobs.append(Job(plan, dest, part_step, step_first))
+            row0 += rows or 0
+        results[name] = out
+    run_jobs(jobs, workers)
 
     still_read = set(graph_outputs) | subgraph_reads
     for _, n in nodes:
@@ -215,6 +225,31 @@ def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]
         else:
             out_parts.append(f.raw)
     return b"".join(out_parts), (results if hand_over else {})
+
+
+def _group_streams(nodes: list[w.Node], sole_reader) -> list[DecodedTensor]:
+    """Custom nodes as decoded tensors: Concat(axis 0) groups of streams, then single nodes."""
+    custom = [n for n in nodes if n.domain == fmt.DOMAIN]
+    producer = {n.outputs[0]: n for n in custom if n.outputs}
+    grouped: set[int] = set()
+    tensors = []
+    for n in nodes:
+        if n.op_type != "Concat" or n.domain not in ("", "ai.onnx") or n.int_attrs.get("axis", None) != 0:
+            continue
+        parts = [producer.get(i) for i in n.inputs]
+        if len(parts) < 2 or any(p is None or sole_reader(p.outputs[0]) is not n for p in parts):
+            continue
+        tensors.append(DecodedTensor(n.outputs[0], parts, n))
+        grouped.update(id(p) for p in parts)
+    tensors += [DecodedTensor(n.outputs[0] if n.outputs else "", [n]) for n in custom if id(n) not in grouped]
+    return tensors
+
+
+def _broadcasts(step: np.ndarray, shape: tuple[int, ...]) -> bool:
+    try:
+        return bool(shape) and np.broadcast_shapes(shape, step.shape) == shape
+    except ValueError:
+        return False
 
 
 def _scale_chain(name, sole_reader, initializers):

@@ -127,3 +127,42 @@ def test_runtime_needs_neither_onnx_nor_the_compiler(case, tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "deploy-only ok" in out.stdout
+
+
+@pytest.fixture
+def multi_stream(mlp_input):
+    """W1 (64x48) coded as several row-block streams joined by Concat."""
+    return compile_proto(tiny_mlp(), "normalize,quantize,pack{stream_symbols=1024}").SerializeToString(), mlp_input
+
+
+def test_large_tensors_are_split_into_streams_and_decode_the_same(multi_stream, monkeypatch):
+    packed, feeds = multi_stream
+    model = onnx.load_from_string(packed)
+    assert sum(n.op_type == "EntropyDecode" for n in model.graph.node) >= 3
+    assert any(n.op_type == "Concat" for n in model.graph.node)
+    want = run(rt.decode_model(packed), feeds)[0]
+    import onnxcomp.runtime.load as load
+
+    for workers in ("1", "2"):
+        monkeypatch.setenv("ONNXCOMP_DECODE_WORKERS", workers)
+        monkeypatch.setattr(load, "PARALLEL_MIN_SYMBOLS", 0)  # use processes even for a tiny model
+        np.testing.assert_array_equal(rt.InferenceSession(packed).run(None, feeds)[0], want)
+    so = no_opt()
+    rt.register(so)
+    custom = ort.InferenceSession(packed, so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_array_equal(custom, run(rt.decode_model(packed), feeds, no_opt())[0])
+
+
+def test_an_error_in_a_decode_worker_reaches_the_caller(multi_stream, monkeypatch):
+    packed, _ = multi_stream
+    model = onnx.load_from_string(packed)
+    victims = [t for t in model.graph.initializer if t.name.endswith(".bitstream")]
+    raw = bytearray(victims[-1].raw_data)
+    raw[len(raw) // 2] ^= 0x08
+    victims[-1].raw_data = bytes(raw)
+    import onnxcomp.runtime.load as load
+
+    monkeypatch.setenv("ONNXCOMP_DECODE_WORKERS", "2")
+    monkeypatch.setattr(load, "PARALLEL_MIN_SYMBOLS", 0)
+    with pytest.raises(FormatError, match="CRC|corrupt|left"):
+        rt.InferenceSession(model.SerializeToString())
