@@ -3,8 +3,8 @@
 Each EntropyDecode node of the main graph (or group of them joined by a Concat on axis 0: one
 large tensor coded as several streams) is decoded once. For the session, each decoded tensor
 that feeds ``Cast(to float32) -> Mul(step)`` is folded into its float32 weight right here, and
-every decoded tensor is handed to onnxruntime as an external initializer, while the serialized
-graph keeps only a small stub for it: the weights are neither serialized nor copied, and nothing
+every decoded tensor is written straight into a temporary external-data file that onnxruntime
+memory-maps: the weights are never serialized, copied or handed over through Python, and nothing
 is left for onnxruntime to fold. Runs then cost exactly what the plain model costs.
 :func:`decode_model` instead writes the decoded integers inline, giving standard ONNX bytes.
 
@@ -58,11 +58,12 @@ def decode_model(model: Any) -> bytes:
     bitstream, table, shape or CRC is wrong, ModelLoadError when the bytes are not ONNX.
     Tensors stored as external data stay external (resolved against the model's own folder).
     """
-    return _rewrite(read_model_bytes(model), hand_over=False)[0]
+    return _rewrite(read_model_bytes(model))
 
 
 def external_initializers(data: bytes, base_dir: str | None) -> dict[str, np.ndarray]:
-    """Main-graph initializers stored as external data, memory-mapped from ``base_dir``."""
+    """Main-graph initializers stored as external data, memory-mapped from ``base_dir`` (the
+    decoded-weights file of :func:`InferenceSession` excepted)."""
     out = {}
     for f in w.parse_fields(memoryview(data)):
         if f.number == w.MODEL_GRAPH:
@@ -107,13 +108,15 @@ class DecodedTensor:
         return min(p.value_range[0] for p in self.plans), max(p.value_range[1] for p in self.plans)
 
 
-def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]]:
+def _rewrite(data: bytes, weights_file: str | None = None) -> bytes:
     """Decode every ai.onnxcomp node of the main graph.
 
-    hand_over=False: decoded tensors become inline initializers (standard ONNX bytes).
-    hand_over=True: Cast(float32) -> Mul(step) chains are folded too, and every decoded tensor is
-    returned as an array for onnxruntime's add_external_initializers, with a stub in the bytes.
+    weights_file None: decoded tensors become inline initializers (standard ONNX bytes).
+    weights_file set: Cast(float32) -> Mul(step) chains are folded too, and every decoded tensor
+    is written (decoded in place, by all workers) into that file, which the returned graph
+    references as external data by its base name: the model must be saved beside it.
     """
+    hand_over = weights_file is not None
     buf = memoryview(data)
     top = w.parse_fields(buf)
     graphs = [f for f in top if f.number == w.MODEL_GRAPH and f.wire_type == w.LEN]
@@ -123,7 +126,7 @@ def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]
 
     nodes = [(f, w.parse_node(f.value)) for f in graph_fields if f.number == w.GRAPH_NODE]
     if not any(n.domain == fmt.DOMAIN for _, n in nodes):
-        return data, {}
+        return data
     _reject_custom_nodes_in_subgraphs(n for _, n in nodes)
 
     initializers = {w.tensor_name(f.value): f for f in graph_fields if f.number == w.GRAPH_INITIALIZER}
@@ -177,7 +180,7 @@ def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]
 
     total = sum(p.count for t in tensors for p in t.plans)
     workers = workers_available() if total >= PARALLEL_MIN_SYMBOLS else 1
-    arena = Arena(specs, shared=workers > 1)
+    arena = Arena(specs, shared=workers > 1, path=weights_file)
     jobs = []
     results: dict[str, np.ndarray] = {}
     for t, out, (name, step, step_first) in zip(tensors, arena.arrays, targets):
@@ -210,11 +213,15 @@ def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]
         if f.number == w.GRAPH_VALUE_INFO and w.string_field(f.value, w.VALUE_INFO_NAME) in results:
             continue  # its declared int32 type may no longer hold after narrowing or folding
         parts.append(f.raw)
-    for name, array in results.items():
-        proto = w.external_stub(name, array) if hand_over else w.tensor_proto(name, array)
+    for (name, array), offset in zip(results.items(), arena.offsets):
+        if hand_over:
+            proto = w.external_data_ref(name, array, os.path.basename(weights_file), offset)
+        else:
+            proto = w.tensor_proto(name, array)
         parts.append(w.len_field(w.GRAPH_INITIALIZER, proto))
     graph_payload = b"".join(parts)
-    del parts
+    del parts, results
+    arena.close()
 
     out_parts: list[bytes | memoryview] = []
     for f in top:
@@ -224,7 +231,7 @@ def _rewrite(data: bytes, hand_over: bool) -> tuple[bytes, dict[str, np.ndarray]
             continue  # no ai.onnxcomp node is left
         else:
             out_parts.append(f.raw)
-    return b"".join(out_parts), (results if hand_over else {})
+    return b"".join(out_parts)
 
 
 def _group_streams(nodes: list[w.Node], sole_reader) -> list[DecodedTensor]:
@@ -292,27 +299,39 @@ def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: An
 
     Takes what onnxruntime.InferenceSession takes (a path, bytes, or an onnx.ModelProto), plus the
     same keyword arguments. Outputs are identical to those of the decompressed model.
+
+    The decoded weights are written, by the decoding workers themselves, into a temporary
+    external-data file that onnxruntime then memory-maps while it loads the model from a path, as
+    it would load any model with external data: no copy of the weights is serialized or handed
+    over, so peak memory and load time stay close to the plain model's. The temporary files are
+    removed once the session exists (set ONNXCOMP_TMPDIR to choose where they go).
     """
+    import tempfile
+
     import onnxruntime as ort
 
-    decoded, arrays = _rewrite(read_model_bytes(path_or_model), hand_over=True)
+    data = read_model_bytes(path_or_model)
     if providers is None:
         providers = ["CPUExecutionProvider"]
     if sess_options is None:
         sess_options = ort.SessionOptions()
     is_path = not isinstance(path_or_model, (bytes, bytearray, memoryview)) and not hasattr(path_or_model, "SerializeToString")
     base_dir = str(Path(os.fspath(path_or_model)).resolve().parent) if is_path else None
-    # A session made from bytes cannot find external data files, so hand those tensors over
-    # directly (memory-mapped); onnxruntime then ignores their stored locations.
-    external = external_initializers(decoded, base_dir)
-    external.update(arrays)
-    del arrays
-    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in external.values()]
-    if external:
-        sess_options.add_external_initializers(list(external), values)
-    try:
-        session = ort.InferenceSession(decoded, sess_options, providers=providers, **kwargs)
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ModelLoadError(f"onnxruntime rejected the decoded model: {exc}") from None
-    session._onnxcomp_external_values = values  # onnxruntime needs them alive as long as the session
-    return session
+    with tempfile.TemporaryDirectory(prefix="onnxcomp-", dir=os.environ.get("ONNXCOMP_TMPDIR"), ignore_cleanup_errors=True) as tmp:
+        decoded = _rewrite(data, weights_file=os.path.join(tmp, "decoded-weights.bin"))
+        del data
+        # Tensors the original model keeps as external data live beside *it*, not in tmp: they go
+        # to onnxruntime directly (memory-mapped here).
+        external = external_initializers(decoded, base_dir)
+        values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in external.values()]
+        if external:
+            sess_options.add_external_initializers(list(external), values)
+        model_path = os.path.join(tmp, "model.onnx")
+        with open(model_path, "wb") as fh:
+            fh.write(decoded)
+        del decoded
+        try:
+            return ort.InferenceSession(model_path, sess_options, providers=providers, **kwargs)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelLoadError(f"onnxruntime rejected the decoded model: {exc}") from None
+

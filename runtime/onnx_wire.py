@@ -213,8 +213,8 @@ def external_tensor(payload: memoryview, base_dir: str | None) -> tuple[str, np.
         if f.number == TENSOR_EXTERNAL_DATA:
             kv = {g.number: _text(g.value) for g in parse_fields(f.value)}
             entries[kv.get(1, "")] = kv.get(2, "")
-    if entries.get("location") == IN_MEMORY_LOCATION:
-        return None  # a stub of ours: its array is handed over separately
+    if entries.get("location") == DECODED_WEIGHTS_FILE:
+        return None  # ours: onnxruntime reads it from the temporary folder
     if base_dir is None:
         raise ModelLoadError(f"tensor {name!r} is stored as external data; load the model from its path, not from bytes")
     if data_type not in ONNX_TO_NUMPY:
@@ -231,18 +231,17 @@ def external_tensor(payload: memoryview, base_dir: str | None) -> tuple[str, np.
     return name, array.reshape(dims)
 
 
-IN_MEMORY_LOCATION = "onnxcomp-decoded-in-memory"
+DECODED_WEIGHTS_FILE = "decoded-weights.bin"
 
 
-def external_stub(name: str, array: np.ndarray) -> bytes:
-    """A TensorProto that declares ``array``'s name, type and shape with external data that is
-    never read: the array itself goes to onnxruntime through add_external_initializers."""
+def external_data_ref(name: str, array: np.ndarray, location: str, offset: int) -> bytes:
+    """A TensorProto that points at ``array``'s bytes in an external-data file."""
     out = bytearray()
     for d in array.shape:
         out += varint_field(TENSOR_DIMS, d)
     out += varint_field(TENSOR_DATA_TYPE, NUMPY_TO_ONNX[np.dtype(array.dtype)])
     out += len_field(TENSOR_NAME, name.encode())
-    for key, value in (("location", IN_MEMORY_LOCATION), ("offset", "0"), ("length", str(array.nbytes))):
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(array.nbytes))):
         out += len_field(TENSOR_EXTERNAL_DATA, len_field(1, key.encode()) + len_field(2, value.encode()))
     out += varint_field(TENSOR_DATA_LOCATION, 1)
     return bytes(out)

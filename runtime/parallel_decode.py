@@ -26,6 +26,7 @@ from .entropy_decode import DecodePlan, iter_values
 
 PARALLEL_MIN_SYMBOLS = 1 << 21
 ALIGN = 64
+FILE_ALIGN = 1 << 16  # onnxruntime maps external data only at allocation-granularity offsets
 
 
 @dataclass
@@ -70,23 +71,44 @@ def workers_available() -> int:
 
 
 class Arena:
-    """Destination arrays, in one shared anonymous mapping when jobs will run in processes."""
+    """Destination arrays: private memory, one shared anonymous mapping (jobs in processes), or
+    a shared mapping of a file (``path``), which onnxruntime can then map as external data.
 
-    def __init__(self, specs: list[tuple[tuple[int, ...], np.dtype]], shared: bool):
-        self.shared = shared
+    Offsets are multiples of FILE_ALIGN so that every tensor of a file can be memory-mapped.
+    """
+
+    def __init__(self, specs: list[tuple[tuple[int, ...], np.dtype]], shared: bool, path: str | None = None):
+        self.shared = shared or path is not None
         sizes = [int(np.dtype(dt).itemsize * math.prod(shape)) for shape, dt in specs]
-        offsets, total = [], 0
+        align = FILE_ALIGN if path is not None else ALIGN
+        self.offsets, total = [], 0
         for size in sizes:
-            offsets.append(total)
-            total += -(-size // ALIGN) * ALIGN
-        self._map = mmap.mmap(-1, max(total, ALIGN)) if shared else None
+            self.offsets.append(total)
+            total += -(-size // align) * align
+        self.size = max(total, align)
+        self._map: mmap.mmap | None = None
+        if path is not None:
+            with open(path, "wb+") as fh:
+                fh.truncate(self.size)
+                self._map = mmap.mmap(fh.fileno(), self.size)
+        elif shared:
+            self._map = mmap.mmap(-1, self.size)
         self.arrays = []
-        for (shape, dt), off in zip(specs, offsets):
-            if shared:
+        for (shape, dt), off in zip(specs, self.offsets):
+            if self._map is not None:
                 count = math.prod(shape)
                 self.arrays.append(np.frombuffer(self._map, dtype=dt, count=count, offset=off).reshape(shape))
             else:
                 self.arrays.append(np.empty(shape, dtype=dt))
+
+    def close(self) -> None:
+        """Unmap (file arenas): the data stays in the file; the arrays must not be used again."""
+        self.arrays = []
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view is still alive somewhere; the mapping goes with it
+                pass
 
 
 def run_jobs(jobs: list[Job], workers: int) -> None:

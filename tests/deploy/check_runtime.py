@@ -1,0 +1,39 @@
+"""Run inside a deploy-only environment (onnxcomp[deploy]: newest plain onnxruntime, no onnx).
+
+    python check_runtime.py DIR
+
+DIR holds model.onnx (compressed), x.npy, want.npy (decode-at-load output in the compile
+environment) and decoded.sha256 (of decode_model's bytes there). Prints one JSON line.
+"""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+import onnxcomp.runtime as rt
+
+d = Path(sys.argv[1])
+assert "onnx" not in sys.modules and "onnx_ir" not in sys.modules
+try:
+    import onnx  # noqa: F401
+
+    has_onnx = True
+except ImportError:
+    has_onnx = False
+x = np.load(d / "x.npy")
+want = np.load(d / "want.npy")
+decoded = rt.decode_model(d / "model.onnx")
+same_bytes = hashlib.sha256(decoded).hexdigest() == (d / "decoded.sha256").read_text().strip()
+got = rt.InferenceSession(d / "model.onnx").run(None, {"input": x})[0]
+so = ort.SessionOptions()
+rt.register(so)
+custom = ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+print(json.dumps({
+    "onnxruntime": ort.__version__, "has_onnx": has_onnx, "decoded_bytes_identical": same_bytes,
+    "max_abs_diff_load": float(np.abs(got - want).max()), "max_abs_diff_custom": float(np.abs(custom - want).max()),
+    "argmax_equal": bool(np.array_equal(got.argmax(1), want.argmax(1))),
+}))
