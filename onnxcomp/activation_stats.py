@@ -25,6 +25,7 @@ from onnxcomp.weights import Weight
 MAX_FULL_FEATURES = 4096  # beyond this only the diagonal of H is kept (K*K*8 bytes per layer)
 MAX_SAMPLES = 4096
 BATCH = 256
+ROW_CHUNK = 1 << 15  # rows of input features multiplied at a time
 
 
 @dataclass
@@ -103,6 +104,7 @@ def input_covariances(model: ir.Model, weights: list[Weight], split, max_samples
             proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     so = ort.SessionOptions()
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3  # warnings about the model are normalize's business, not the search's
     session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in session.get_inputs()]
     n = min(len(split), max_samples)
@@ -112,19 +114,31 @@ def input_covariances(model: ir.Model, weights: list[Weight], split, max_samples
         feed = {k: split.inputs[k][start : min(n, start + BATCH)] for k in inputs}
         acts = dict(zip(fetch, session.run(fetch, feed)))
         for name, v in views.items():
-            a = acts[v.activation]
-            x = im2col(a, v.conv) if v.kind == "conv" else a.reshape(-1, a.shape[-1])
-            x = x.astype(np.float64)
-            k = x.shape[1]
-            part = (x * x).sum(axis=0) if k > MAX_FULL_FEATURES else x.T @ x
-            sums[name] = sums.get(name, 0.0) + part
-            rows[name] = rows.get(name, 0) + x.shape[0]
+            for x in _feature_rows(acts[v.activation], v):
+                k = x.shape[1]
+                part = (x * x).sum(axis=0) if k > MAX_FULL_FEATURES else x.T @ x
+                sums[name] = sums.get(name, 0.0) + part
+                rows[name] = rows.get(name, 0) + x.shape[0]
     out = {}
     for name, v in views.items():
         h = sums[name] / rows[name]
         if h.shape[0] * v.num_outputs(v.weight.shape) == int(np.prod(v.weight.shape)):
             out[name] = (v, h)
     return out
+
+
+def _feature_rows(a: np.ndarray, view: LayerView):
+    """The layer's input as [rows, K] float64 blocks of at most ROW_CHUNK rows (im2col for convs,
+    a few samples at a time: a full im2col of a wide feature map would not fit in memory)."""
+    if view.kind != "conv":
+        x = a.reshape(-1, a.shape[-1])
+        for start in range(0, x.shape[0], ROW_CHUNK):
+            yield x[start : start + ROW_CHUNK].astype(np.float64)
+        return
+    per_sample = im2col(a[:1], view.conv).shape[0] if len(a) else 1
+    step = max(1, ROW_CHUNK // max(1, per_sample))
+    for start in range(0, len(a), step):
+        yield im2col(a[start : start + step], view.conv).astype(np.float64)
 
 
 def importance_from(view: LayerView, h: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

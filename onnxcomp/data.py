@@ -174,10 +174,20 @@ def _fit(origin: str, name: str, array: np.ndarray, shape: Shape) -> np.ndarray:
     """``array`` as float32 with the model's per-sample shape ``shape[1:]``; origin names the data."""
     array = np.asarray(array)
     sample = tuple(shape)[1:]
-    if not shape or not all(isinstance(d, int) and d > 0 for d in sample):
-        raise DataError(f"model input {name!r} has shape {list(shape)}: needs a sample axis and fixed other dims")
+    if not shape:
+        raise DataError(f"model input {name!r} has no dimensions: needs a sample axis")
     if array.ndim == 0 or array.dtype.kind not in "fiub":
         raise DataError(f"data spec {origin}: array {name!r} ({array.dtype}, {array.shape}) is not numeric samples")
+    if not all(isinstance(d, int) and d > 0 for d in sample):
+        # Dynamic dims (e.g. an OCR model's image width): the array must already have the
+        # model's rank and agree on every fixed dim; nothing is reshaped.
+        fits = array.ndim == len(shape) and all(
+            not (isinstance(d, int) and d > 0) or d == a for d, a in zip(sample, array.shape[1:]))
+        if not fits:
+            raise DataError(
+                f"data spec {origin}: array {name!r} of shape {array.shape} does not fit model input "
+                f"shape {list(shape)} (dynamic dims are taken as they are, fixed ones must match)")
+        return np.ascontiguousarray(array, dtype=np.float32)
     if math.prod(array.shape[1:]) != math.prod(sample):
         raise DataError(
             f"data spec {origin}: array {name!r} of shape {array.shape} cannot be reshaped "

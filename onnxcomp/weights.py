@@ -2,7 +2,8 @@
 
 Shared by every weight pass (quantize now; epr-reparam and weight-fix later), so all of them agree
 on what a weight is: a float initializer feeding a Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU or
-RNN in a weight or bias slot.
+RNN in a weight or bias slot, or added by an Add right after a MatMul with a weight (the bias of an
+exported Linear layer).
 """
 
 from __future__ import annotations
@@ -62,6 +63,25 @@ def channel_axes(node: ir.Node, index: int, ndim: int) -> tuple[int, ...]:
     return ()
 
 
+def _matmul_bias(node: ir.Node) -> ir.Value | None:
+    """The float initializer an ``Add`` adds to a MatMul-with-weight's output (an exporter's
+    Linear bias), if that is what the node is."""
+    if node.op_type != "Add" or node.domain != "" or len(node.inputs) != 2:
+        return None
+    for this, other in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
+        producer = this.producer() if this is not None else None
+        if producer is None or producer.op_type != "MatMul" or producer.domain != "":
+            continue
+        weight = producer.inputs[1]
+        if weight is None or not weight.is_initializer() or other is None or not other.is_initializer():
+            continue
+        if other.const_value is None or other.const_value.dtype not in FLOAT_TYPES or other.is_graph_output():
+            continue
+        if len(other.const_value.shape) <= 1 and len(other.uses()) == 1:
+            return other
+    return None
+
+
 def find_weights(model: ir.Model) -> tuple[list[Weight], list[str]]:
     """All float weight initializers of the main graph, once each, and notes on what was skipped.
 
@@ -70,6 +90,10 @@ def find_weights(model: ir.Model) -> tuple[list[Weight], list[str]]:
     found: dict[str, Weight] = {}
     skipped: list[str] = []
     for node in model.graph:
+        bias = _matmul_bias(node)
+        if bias is not None and bias.name not in found:
+            found[bias.name] = Weight(bias, "bias", (), [f"Add {node.name or '?'} after MatMul"])
+            continue
         slots = WEIGHT_SLOTS.get(node.op_type) if node.domain == "" else None
         if not slots:
             continue

@@ -25,7 +25,7 @@ from onnx_ir.passes.common import (
 )
 
 from onnxcomp.errors import ModelError
-from onnxcomp.irutil import const_array, set_initializer, unique_name
+from onnxcomp.irutil import const_array, remove_unused_initializers, set_initializer, unique_name
 from onnxcomp.pass_base import CompressionPass, register_pass
 
 MIN_OPSET, MAX_OPSET = 11, 21
@@ -139,6 +139,8 @@ def fold_batchnorms(model: ir.Model) -> int:
         graph.remove(bn, safe=True)
         producer.outputs[0].name = out_name
         folded += 1
+    if folded:
+        remove_unused_initializers(graph)  # the BatchNorm parameters
     return folded
 
 

@@ -42,8 +42,18 @@ def test_unknown_spec_and_unfit_models_are_named():
         load_data("mnist:test", {"input": ("N", 1, 32, 32)})
     with pytest.raises(DataError, match=r"inputs \['a', 'b'\]"):
         load_data("mnist", {"a": ("N", 784), "b": ("N", 784)})
-    with pytest.raises(DataError, match="fixed other dims"):
-        load_data("mnist", {"input": ("N", "H")})
+    with pytest.raises(DataError, match="dynamic dims are taken as they are"):
+        load_data("mnist", {"input": ("N", 1, "H", "W")})
+
+
+def test_dynamic_dims_take_arrays_as_they_are(tmp_path):
+    """An OCR-like input [N, 3, 48, W]: the width is the data's, the fixed dims must match."""
+    x = np.zeros((4, 3, 48, 320), np.float32)
+    np.savez(tmp_path / "lines.npz", x=x)
+    data = load_data(str(tmp_path / "lines.npz"), {"x": ("N", 3, 48, "W")})
+    assert data.val.inputs["x"].shape == (4, 3, 48, 320)
+    with pytest.raises(DataError, match="does not fit"):
+        load_data(str(tmp_path / "lines.npz"), {"x": ("N", 1, 48, "W")})
 
 
 def test_plain_npz_is_one_evaluation_set(tmp_path):

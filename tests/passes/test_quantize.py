@@ -135,3 +135,17 @@ def test_weights_reading_dead_inputs_go_to_zero():
     k = rd_round(x, importance, RD_SLOPE)
     assert np.all(k[:40] == 0)
     assert np.all(np.abs(k[40:] - np.rint(x[40:])) <= 1)
+
+
+def test_bias_added_after_a_matmul_is_a_bias():
+    """Exporters write Linear as MatMul + Add(bias): the bias is quantized with the bias bits."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+    proto = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                       {"w": rng.normal(size=(8, 4)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32)})
+    out, ctx = quantized(proto, bits=6)
+    assert {"w.latent", "b.latent"} <= {t.name for t in out.graph.initializer}
+    assert ctx.tensor_notes["b"]["bits"] == 6 + 4
+    x = rng.random((3, 8)).astype(np.float32)
+    np.testing.assert_allclose(run(out, {"x": x})[0], run(proto, {"x": x})[0], atol=0.05)
