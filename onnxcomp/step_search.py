@@ -10,7 +10,8 @@ original model's, so unlabeled data still works. Two phases, each monotone in pr
 
 1. one global ``bits`` for all weights (biases keep their extra bits), found by bisection;
 2. greedy per-tensor coarsening of the largest tensors (together 90% of the weights, at most
-   12), largest first since it saves the most bytes, half a bit at a time while the budget holds.
+   12), largest first since it saves the most bytes, half a bit at a time while the budget holds
+   and the tensor's coded size (estimated by its latents' entropy) actually shrinks.
 
 Every evaluation runs one onnxruntime session in which the weights are graph inputs, so trying
 new steps costs one forward pass over the split, not a session build.
@@ -25,6 +26,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxcomp.coding import entropy_bits
 from onnxcomp.data import Split
 from onnxcomp.errors import DataError
 from onnxcomp.metrics import classification_error
@@ -100,16 +102,18 @@ def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[
     budget = base + budget_increase + 1e-12
     say = (lambda msg: print(f"  quantize search: {msg}", file=sys.stderr, flush=True)) if context.progress else (lambda msg: None)
     say(f"original validation error {base:.4%}, budget {budget:.4%} ({len(split)} samples)")
-    cache: dict[tuple[str, float], np.ndarray] = {}
+    cache: dict[tuple[str, float], tuple[np.ndarray, float]] = {}
+
+    def quantized(w: Weight, b: float) -> tuple[np.ndarray, float]:
+        """(dequantized weight, its latents' coded size estimate in bits: n * entropy)."""
+        key = (w.name, b)
+        if key not in cache:
+            k, _, deq = qpass.quantize(w, b)
+            cache[key] = (deq, k.size * entropy_bits(k))
+        return cache[key]
 
     def feed(bits: dict[str, float]) -> dict[str, np.ndarray]:
-        out = {}
-        for w in weights:
-            key = (w.name, bits[w.name])
-            if key not in cache:
-                cache[key] = qpass.quantize(w, bits[w.name])[2]
-            out[w.name] = cache[key]
-        return out
+        return {w.name: quantized(w, bits[w.name])[0] for w in weights}
 
     def uniform(b: float) -> dict[str, float]:
         return {w.name: b + (qpass.bias_bits if w.role == "bias" else 0.0) for w in weights}
@@ -133,6 +137,10 @@ def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[
         while bits[w.name] - PER_TENSOR_STEP >= PER_TENSOR_FLOOR:
             trial = dict(bits)
             trial[w.name] = bits[w.name] - PER_TENSOR_STEP
+            # Coarser is not always smaller: error-compensating rounding at very coarse steps can
+            # spread more nonzero latents than it saves. Only a smaller tensor is worth a try.
+            if quantized(w, trial[w.name])[1] >= quantized(w, bits[w.name])[1]:
+                break
             err = evaluator.error(feed(trial))
             if err > budget:
                 break

@@ -38,14 +38,16 @@ def test_data_free_ptq_on_lenet5(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, max_bits", [("lenet-300-100", 1.6), ("lenet5-caffe", 1.5)])
-def test_searched_ptq_reaches_the_target(tmp_path, name, max_bits):
-    """Issue target: error within 0.1 point of float at <= 1/4 of int8's payload (~2 bits)."""
+# The budget is on the validation split; the test split differs by sampling noise (about 0.1
+# point at these error rates), so LeNet5, whose val error is the noisier, gets half the budget.
+@pytest.mark.parametrize("name, budget, max_bits", [("lenet-300-100", 0.001, 1.6), ("lenet5-caffe", 0.0005, 1.5)])
+def test_searched_ptq_reaches_the_target(tmp_path, name, budget, max_bits):
+    """Issue target: test error within 0.1 point of float at <= 1/4 of int8's payload (~2 bits)."""
     src = MODELS / f"{name}.onnx"
     out = tmp_path / "c.onnx"
-    report = compress(src, out, "ptq", data="mnist", max_error_increase=0.001, progress=False)
+    report = compress(src, out, "ptq", data="mnist", max_error_increase=budget, progress=False)
     metrics = report["metrics"]
-    assert metrics["val_error"] <= metrics["val_error_original"] + 0.001 + 1e-9
+    assert metrics["val_error"] <= metrics["val_error_original"] + budget + 1e-9
     assert report["bits_per_param"] <= max_bits
     assert test_error(out) <= test_error(src) + 0.001
     # Same outputs on every runtime path: the custom op equals the decoded graph evaluated the
