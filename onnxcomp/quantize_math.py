@@ -79,6 +79,3 @@ def quantize_array(w: np.ndarray, step: np.ndarray, importance: np.ndarray | flo
 
 
 
-
-def dequantized(w: np.ndarray, step: np.ndarray, importance: np.ndarray | float = 1.0, lam: float = 0.0) -> np.ndarray:
-    return quantize_array(w, step, importance, lam)[1]

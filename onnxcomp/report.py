@@ -103,7 +103,7 @@ def tensor_rows(original: dict[str, tuple[int, ...]], model: ir.Model, notes: di
         for key in ("bits", "rounding"):
             if key in notes.get(name, {}):
                 row[key] = notes[name][key]
-        latent_notes = next((notes[k] for k in notes if k.startswith(name + ".latent")), {})
+        latent_notes = notes.get(notes.get(name, {}).get("latent", ""), {})
         if "ideal_bits" in latent_notes:
             row["ideal_bytes"] = latent_notes["ideal_bits"] / 8.0
         rows.append(row)

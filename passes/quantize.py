@@ -79,8 +79,8 @@ class QuantizePass(CompressionPass):
         taken = all_names(model)
         for w in weights:
             k, step, _ = self.quantize(w, bits[w.name])
-            replace_with_latents(model, w, k, step, taken)
-            self.context.note(w.name, bits=bits[w.name], rounding=self.rounding(w))
+            latent = replace_with_latents(model, w, k, step, taken)
+            self.context.note(w.name, bits=bits[w.name], rounding=self.rounding(w), latent=latent)
         return ir.passes.PassResult(model, True)
 
     def quantize(self, w: Weight, bits: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,8 +119,9 @@ def _row_step(view, step: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | No
     return m[0] if np.all(m == m[0]) else None
 
 
-def replace_with_latents(model: ir.Model, w: Weight, k: np.ndarray, step: np.ndarray, taken: set[str]) -> None:
-    """Swap weight ``w`` for latents + Cast + Mul producing a value of the weight's name."""
+def replace_with_latents(model: ir.Model, w: Weight, k: np.ndarray, step: np.ndarray, taken: set[str]) -> str:
+    """Swap weight ``w`` for latents + Cast + Mul producing a value of the weight's name; returns
+    the latents' initializer name."""
     graph = model.graph
     array = w.value.const_value.numpy()
     name = w.name
@@ -139,4 +140,5 @@ def replace_with_latents(model: ir.Model, w: Weight, k: np.ndarray, step: np.nda
     w.value.replace_all_uses_with(mul.outputs[0])
     del graph.initializers[name]
     mul.outputs[0].name = name
+    return latent.name
 
