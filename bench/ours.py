@@ -1,0 +1,123 @@
+"""onnxcomp's own rows for one float model (runs in the MAIN venv, where onnxcomp lives).
+
+For each pipeline (default: ptq) the model is compressed through the CLI, exactly as a user
+would (`onnxcomp compress IN -o OUT -p PIPELINE --report R`), then measured with the same
+accounting as the peers (bench/model_stats.py) and evaluated after decode at load
+(`onnxcomp.runtime.InferenceSession`). Rows carry the compiler's own report figures too, so a
+disagreement between its payload count and ours shows up.
+
+    python bench/ours.py --model models/lenet-300-100.onnx --task mnist [-p ptq -p epr...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+import traceback
+
+from model_stats import bits_per_param, model_stats
+from onnxcomp_cli import CompilerUnavailable, compress
+from sessions import versions
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPORT_KEYS = ("original_bytes", "compressed_bytes", "payload_bytes", "params", "bits_per_param",
+               "pipeline", "metrics")
+
+
+def metric(task: str, path: str, reference: str, ctx: dict) -> dict:
+    if task == "mnist":
+        import mnist_task
+        from sessions import open_session
+
+        r = mnist_task.test_error(open_session(path)[0])
+        return {"metric_name": "MNIST test error %", "metric": r["test_error_pct"], "detail": r}
+    import ocr
+
+    r = ocr.evaluate(path, reference=reference, reference_rows=ctx.get("reference_rows"))
+    detail = {k: r.get(k) for k in ("identical_to_truth", "identical_to_reference", "frame_agreement",
+                                    "mean_confidence", "dictionary", "loader", "mismatches_vs_reference")}
+    return {"metric_name": "OCR identical lines % (vs float)",
+            "metric": 100.0 * r["identical_to_reference"], "detail": detail}
+
+
+def run(model: str, task: str, name: str, pipelines: list[str], workdir: str) -> list[dict]:
+    params = model_stats(model)["float_params"]
+    ctx: dict = {}
+    if task == "ocr":  # the float model's text, read by this venv's onnxruntime
+        import ocr
+
+        ctx["reference_rows"] = ocr.evaluate(model)["rows"]
+    rows = []
+    for variant in pipelines:
+        # A variant is a pipeline plus optional CLI flags: "ptq --data mnist --max-error-increase 0.001".
+        p, *extra = variant.split()
+        slug = "".join(c if c.isalnum() or c in "-." else "_" for c in variant.replace("--", "")).strip("_")
+        out = os.path.join(workdir, f"{name}.{slug}.onnx")
+        method = f"onnxcomp -p {variant}"
+        row = {"model": name, "method": method, "params": params}
+        try:
+            comp = compress(model, out, p, extra)
+        except CompilerUnavailable as e:
+            row.update({"metric": None, "error": str(e)})
+            rows.append(row)
+            continue
+        st = model_stats(out)
+        row.update({
+            "path": os.path.relpath(out), "file_bytes": st["file_bytes"], "payload_bytes": st["payload_bytes"],
+            "bits_per_param": bits_per_param(st["payload_bytes"], params), "ops": st["ops"],
+            "compile_seconds": comp["compile_seconds"], "compile_command": comp["command"],
+            "compiler_report": {k: comp["report"].get(k) for k in REPORT_KEYS},
+            "notes": f"decode at load; pipeline {comp['report'].get('pipeline', p)}",
+        })
+        try:
+            t0 = time.perf_counter()
+            row.update(metric(task, out, model, ctx))
+            row["eval_seconds"] = round(time.perf_counter() - t0, 2)
+        except Exception as e:  # noqa: BLE001 - recorded as the row's error
+            row.update({"metric": None, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+            traceback.print_exc()
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--task", required=True, choices=["mnist", "ocr"])
+    ap.add_argument("--name")
+    ap.add_argument("-p", "--pipeline", action="append",
+                    help="pipeline text, optionally followed by compress flags, e.g. 'ptq --data mnist "
+                         "--max-error-increase 0.001' (repeatable; default ptq)")
+    ap.add_argument("--workdir")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    name = args.name or os.path.splitext(os.path.basename(args.model))[0]
+    workdir = args.workdir or os.path.join(HERE, "out", "ours", name)
+    out = args.out or os.path.join(HERE, "out", "results", f"ours-{name}.json")
+    if not os.path.exists(args.model):
+        raise SystemExit(f"{args.model}: no such model")
+    os.makedirs(workdir, exist_ok=True)
+    rows = run(args.model, args.task, name, args.pipeline or ["ptq"], workdir)
+    env = versions()
+    command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv])
+    for r in rows:
+        r.update({"venv": env, "command": command})
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        json.dump(rows, f, indent=1, ensure_ascii=False, default=str)
+    os.replace(out + ".tmp", out)
+    failed = 0
+    for r in rows:
+        failed += r.get("metric") is None
+        print(f"{r['method']:<24} file {r.get('file_bytes', '-'):>10} payload {r.get('payload_bytes', '-'):>10} "
+              f"bits/param {r.get('bits_per_param', float('nan')):6.3f} metric {r.get('metric')} {r.get('error', '')}")
+    print(out)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
