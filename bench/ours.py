@@ -12,16 +12,14 @@ disagreement between its payload count and ours shows up.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import sys
 import time
 import traceback
 
 from model_stats import bits_per_param, model_stats
 from onnxcomp_cli import CompilerUnavailable, compress
-from sessions import versions
+from sessions import write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPORT_KEYS = ("original_bytes", "compressed_bytes", "payload_bytes", "params", "bits_per_param",
@@ -102,14 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.model}: no such model")
     os.makedirs(workdir, exist_ok=True)
     rows = run(args.model, args.task, name, args.pipeline or ["ptq"], workdir)
-    env = versions()
-    command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv])
-    for r in rows:
-        r.update({"venv": env, "command": command})
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + ".tmp", "w") as f:
-        json.dump(rows, f, indent=1, ensure_ascii=False, default=str)
-    os.replace(out + ".tmp", out)
+    write_results(rows, out)
     failed = 0
     for r in rows:
         failed += r.get("metric") is None

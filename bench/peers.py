@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
-import shlex
 import sys
 import time
 import traceback
@@ -36,7 +34,7 @@ import onnx
 
 from gemm_to_matmul import gemm_to_matmul
 from model_stats import bits_per_param, initializers, model_stats
-from sessions import open_session, versions
+from sessions import open_session, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -171,14 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.exists(args.model):
         raise SystemExit(f"{args.model}: no such model")
     rows = run(args.model, args.task, name, workdir, args.block_size)
-    env = versions()
-    command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv])
-    for r in rows:
-        r.update({"venv": env, "command": command})
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + ".tmp", "w") as f:
-        json.dump(rows, f, indent=1, ensure_ascii=False, default=str)
-    os.replace(out + ".tmp", out)
+    write_results(rows, out)
     for r in rows:
         print(f"{r['method']:<36} file {r.get('file_bytes', '-'):>10} payload {r.get('payload_bytes', '-'):>10} "
               f"bits/param {r.get('bits_per_param', float('nan')):6.3f} metric {r.get('metric')} {r.get('error', '')}")

@@ -54,3 +54,20 @@ def versions() -> dict:
 
     return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
             "numpy": numpy.__version__, "python": os.sys.version.split()[0]}
+
+
+def write_results(rows: list[dict], out: str) -> None:
+    """Stamp each row with this venv's versions and the exact command, then write the JSON
+    atomically (results are read by report.py; a half-written file must never be)."""
+    import json
+    import shlex
+    import sys
+
+    env = versions()
+    command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv])
+    for r in rows:
+        r.update({"venv": env, "command": command})
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        json.dump(rows, f, indent=1, ensure_ascii=False, default=str)
+    os.replace(out + ".tmp", out)

@@ -29,7 +29,6 @@ import onnx_ir as ir
 from onnxcomp.coding import entropy_bits
 from onnxcomp.data import Split
 from onnxcomp.errors import DataError
-from onnxcomp.metrics import classification_error
 from onnxcomp.weights import Weight
 
 BITS_LOW, BITS_HIGH, BITS_TOLERANCE = 0.25, 16.0, 0.125

@@ -163,7 +163,13 @@ def entropy_decode(
 ) -> np.ndarray:
     """Decode one EntropyDecode node's inputs into its int32 output tensor (FORMAT.md)."""
     plan = plan_decode(bitstream, frequencies, offset, shape, crc32=crc32, format_version=format_version, where=where)
-    out = np.empty(plan.count, dtype=np.int32)
+    return decode_plan(plan)
+
+
+def decode_plan(plan: DecodePlan, dtype: np.dtype = np.dtype(np.int32)) -> np.ndarray:
+    """All of a plan's values in one array of ``dtype`` (any integer type holding the table's
+    range), shaped as declared."""
+    out = np.empty(plan.count, dtype=dtype)
     pos = 0
     for chunk in iter_values(plan):
         out[pos : pos + chunk.size] = chunk

@@ -15,7 +15,6 @@ are held in the narrowest type their table's range allows (Cast reads any intege
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -3,7 +3,7 @@
 Load-time decoding and the onnxruntime custom op both dispatch through :data:`DECODERS`, so a new
 op or version is added here once. A decoder entry turns a node's input arrays (in order), its int
 attributes and a ``where`` string naming the node into a checked :class:`DecodePlan`, whose
-values are then streamed by :func:`iter_values` (in chunks, so callers can fold or narrow them
+values are then streamed by ``iter_values`` (in chunks, so callers can fold or narrow them
 without holding a full int32 copy).
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 from onnxcomp.errors import FormatError
 
 from . import format as fmt
-from .entropy_decode import DecodePlan, iter_values, plan_decode
+from .entropy_decode import DecodePlan, decode_plan, plan_decode
 
 Planner = Callable[[list[np.ndarray], dict[str, int], str], DecodePlan]
 
@@ -52,10 +52,4 @@ def planner_for(domain: str, op_type: str, version: int, where: str) -> Planner:
 
 def decode_node(domain: str, op_type: str, inputs: list[np.ndarray], attrs: dict[str, int], where: str) -> np.ndarray:
     """Decode a whole node output into one int32 array."""
-    plan = planner_for(domain, op_type, attrs.get("format_version", -1), where)(inputs, attrs, where)
-    out = np.empty(plan.count, dtype=np.int32)
-    pos = 0
-    for chunk in iter_values(plan):
-        out[pos : pos + chunk.size] = chunk
-        pos += chunk.size
-    return out.reshape(plan.shape)
+    return decode_plan(planner_for(domain, op_type, attrs.get("format_version", -1), where)(inputs, attrs, where))

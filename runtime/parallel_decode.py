@@ -39,8 +39,7 @@ class Job:
     def run(self) -> None:
         shape = self.plan.shape
         if self.step is None:
-            flat = self.out.reshape(-1)
-            pos = 0
+            pos, flat = 0, self.out.reshape(-1)  # a view: out is C-contiguous
             for chunk in iter_values(self.plan):
                 flat[pos : pos + chunk.size] = chunk
                 pos += chunk.size
