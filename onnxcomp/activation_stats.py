@@ -48,6 +48,11 @@ class LayerView:
             return m.T.reshape(shape)
         return m.T if self.transposed else m
 
+    @property
+    def output_axis(self) -> int:
+        """The weight axis that indexes outputs (the matrix view's columns)."""
+        return 0 if self.kind == "conv" or self.transposed else 1
+
     def num_outputs(self, shape: tuple[int, ...]) -> int:
         return shape[0] if self.kind == "conv" or self.transposed else shape[1]
 

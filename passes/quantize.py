@@ -13,6 +13,13 @@ to the noise power, so equal relative noise equalizes the marginal return of a b
 thus the signal-to-noise ratio in 6.02 dB units; entropy-coded, a Gaussian-like weight costs
 about bits + 0.25 bits per value, a peaked (Laplacian, pruned-looking) one less.
 
+Integers: rate-distortion optimized rounding (``rdo``): each value may move one step toward
+zero, or to zero, when that saves more bits (under the tensor's own histogram) than it costs in
+squared error at the step's own RD slope. With data (``--data``), the train split's layer
+input statistics weigh each weight's error by how much its input matters (dead inputs cost
+nothing), and Gemm/MatMul/Conv weights are rounded by GPTQ, which spreads each rounding error
+onto the weights not yet rounded (onnxcomp.gptq); all of it stays on the same step grid.
+
 With data and ``--max-error-increase D`` the pass searches, on the validation split, the coarsest
 steps whose error stays within D of the original model's (see onnxcomp.step_search).
 """
@@ -29,6 +36,7 @@ from onnxcomp.irutil import all_names, new_initializer, unique_name
 from onnxcomp.pass_base import CompressionPass, register_pass
 from onnxcomp.quantize_math import RD_SLOPE, quantize_array, step_for
 from onnxcomp.weights import Weight, find_weights
+
 
 @register_pass
 @dataclass
@@ -104,19 +112,18 @@ class QuantizePass(CompressionPass):
     def rounding(self, w: Weight) -> str:
         """How ``w`` is rounded: gptq, rdo-weighted (by input importance), rdo, or nearest."""
         stats = self._stats.get(w.name)
-        if stats is not None and self.gptq and stats[1].ndim == 2:
-            # GPTQ walks input features, so the step may vary only along the outputs.
-            if _row_step(stats[0], step_for(w.value.const_value.numpy(), w.channel_axes if self.per_channel else (), self.bits), w.shape) is not None:
-                return "gptq"
+        axes = set(w.channel_axes) if self.per_channel else set()
+        # GPTQ walks the input features, so the step may vary only along the outputs.
+        if stats is not None and self.gptq and stats[1].ndim == 2 and axes <= {stats[0].output_axis}:
+            return "gptq"
         if self.rdo <= 0:
             return "nearest"
         return "rdo-weighted" if stats is not None and self.importance else "rdo"
 
 
-def _row_step(view, step: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The step as one row of the [K, N] matrix view, or None if it varies along the inputs."""
-    m = view.to_matrix(np.broadcast_to(step, shape))
-    return m[0] if np.all(m == m[0]) else None
+def _row_step(view, step: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The step as one row of the [K, N] matrix view (it varies only along the outputs)."""
+    return view.to_matrix(np.broadcast_to(step, shape))[0]
 
 
 def replace_with_latents(model: ir.Model, w: Weight, k: np.ndarray, step: np.ndarray, taken: set[str]) -> str:
