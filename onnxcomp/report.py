@@ -20,17 +20,27 @@ from onnxcomp.runtime.ops import decode_node
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
 
 
+def stored_tensors(model: ir.Model) -> dict[str, ir.TensorProtocol]:
+    """Every tensor the file stores: initializers of all graphs and Constant-node values (which
+    is where some exporters keep weights, also inside If/Loop bodies), by value name."""
+    tensors = {name: v.const_value for name, v in model.graph.initializers.items() if v.const_value is not None}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "Constant" and node.domain == "" and "value" in node.attributes:
+            tensors[node.outputs[0].name] = node.attributes["value"].as_tensor()
+        for attr in node.attributes.values():
+            graphs = [attr.value] if attr.type == ir.AttributeType.GRAPH else attr.value if attr.type == ir.AttributeType.GRAPHS else []
+            for g in graphs:
+                tensors.update({n: v.const_value for n, v in g.initializers.items() if v.const_value is not None})
+    return tensors
+
+
 def payload_bytes(model: ir.Model) -> int:
-    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    return sum(t.nbytes for t in stored_tensors(model).values())
 
 
 def weight_params(model: ir.Model) -> dict[str, tuple[int, ...]]:
-    """Float initializers of a model: the parameters compression is measured against."""
-    return {
-        name: tuple(v.const_value.shape)
-        for name, v in model.graph.initializers.items()
-        if v.const_value is not None and v.const_value.dtype in FLOAT_TYPES
-    }
+    """Float tensors a model stores: the parameters compression is measured against."""
+    return {name: tuple(t.shape) for name, t in stored_tensors(model).items() if t.dtype in FLOAT_TYPES}
 
 
 def _constant_cone(value: ir.Value) -> tuple[list[ir.Value], list[ir.Node]] | None:
@@ -125,7 +135,7 @@ def summary_table(report: dict[str, Any]) -> str:
     rows = [
         ["file bytes", f"{report['original_bytes']:,}", f"{report['compressed_bytes']:,}"],
         ["payload bytes", f"{report['original_payload_bytes']:,}", f"{report['payload_bytes']:,}"],
-        ["bits/param", f"{8 * report['original_payload_bytes'] / params:.2f}", f"{report['bits_per_param']:.3f}"],
+        ["bits/param", f"{8 * report['original_payload_bytes'] / max(1, params):.2f}", f"{report['bits_per_param']:.3f}"],
         ["ratio (file)", "1.0x", f"{report['original_bytes'] / max(1, report['compressed_bytes']):.1f}x"],
     ]
     m = report.get("metrics") or {}

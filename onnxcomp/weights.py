@@ -63,61 +63,73 @@ def channel_axes(node: ir.Node, index: int, ndim: int) -> tuple[int, ...]:
     return ()
 
 
-def _matmul_bias(node: ir.Node) -> ir.Value | None:
-    """The float initializer an ``Add`` adds to a MatMul-with-weight's output (an exporter's
-    Linear bias), if that is what the node is."""
-    if node.op_type != "Add" or node.domain != "" or len(node.inputs) != 2:
-        return None
-    for this, other in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
-        producer = this.producer() if this is not None else None
-        if producer is None or producer.op_type != "MatMul" or producer.domain != "":
-            continue
-        weight = producer.inputs[1]
-        if weight is None or not weight.is_initializer() or other is None or not other.is_initializer():
-            continue
-        if other.const_value is None or other.const_value.dtype not in FLOAT_TYPES or other.is_graph_output():
-            continue
-        if len(other.const_value.shape) <= 1 and len(other.uses()) == 1:
-            return other
-    return None
+# Ops that only move or re-type data: a weight may pass through them on its way to its op (an
+# exporter's gate reordering of LSTM weights is Slice + Concat, a Linear's weight a Transpose).
+DATA_MOVEMENT = {"Reshape", "Transpose", "Cast", "Identity", "Unsqueeze", "Squeeze", "Slice", "Concat",
+                 "Split", "Gather", "Flatten", "Expand"}
+
+
+def _is_matmul_bias(node: ir.Node, value: ir.Value) -> bool:
+    """``node`` is an Add of ``value`` (1-D) to a MatMul-with-weight's output: a Linear bias."""
+    if node.op_type != "Add" or node.domain != "" or len(node.inputs) != 2 or len(value.const_value.shape) > 1:
+        return False
+    other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
+    producer = other.producer() if other is not None else None
+    return (producer is not None and producer.op_type == "MatMul" and producer.domain == ""
+            and producer.inputs[1] is not None and producer.inputs[1].is_initializer())
+
+
+def _weight_uses(value: ir.Value) -> list[tuple[ir.Node, int, str, bool]]:
+    """(op, input index, role, direct) for every weight slot ``value`` reaches, directly or only
+    through DATA_MOVEMENT ops (in any graph, subgraph bodies included)."""
+    found = []
+    stack = [(value, True)]
+    seen: set[int] = set()
+    while stack:
+        v, direct = stack.pop()
+        for use in v.uses():
+            node, idx = use.node, use.idx
+            if id(node) in seen or node.domain != "":
+                continue
+            role = WEIGHT_SLOTS.get(node.op_type, {}).get(idx)
+            if role is not None:
+                found.append((node, idx, role, direct))
+            elif direct and _is_matmul_bias(node, v):
+                found.append((node, idx, "bias", True))
+            elif node.op_type in DATA_MOVEMENT and (idx == 0 or node.op_type == "Concat"):
+                seen.add(id(node))
+                stack.extend((out, False) for out in node.outputs)
+    return found
 
 
 def find_weights(model: ir.Model) -> tuple[list[Weight], list[str]]:
     """All float weight initializers of the main graph, once each, and notes on what was skipped.
 
-    A weight shared by consumers that disagree on its channel axes gets per-tensor treatment.
+    A weight is an initializer that reaches a weight or bias slot of Conv/ConvTranspose/Gemm/
+    MatMul/LSTM/GRU/RNN (also inside If/Loop bodies), directly or through data-movement ops, or
+    the bias an Add puts on a MatMul. One used directly gets per-output-channel treatment along
+    its op's channel axes (when all its direct uses agree); one reached through other ops, whose
+    layout the op no longer sees, gets per-tensor treatment.
     """
-    found: dict[str, Weight] = {}
+    found: list[Weight] = []
     skipped: list[str] = []
-    for node in model.graph:
-        bias = _matmul_bias(node)
-        if bias is not None and bias.name not in found:
-            found[bias.name] = Weight(bias, "bias", (), [f"Add {node.name or '?'} after MatMul"])
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if tensor is None or value.is_graph_output() or value.is_graph_input():
             continue
-        slots = WEIGHT_SLOTS.get(node.op_type) if node.domain == "" else None
-        if not slots:
+        uses = _weight_uses(value)
+        if not uses:
             continue
-        for index, role in slots.items():
-            if index >= len(node.inputs) or node.inputs[index] is None:
-                continue
-            value = node.inputs[index]
-            if not value.is_initializer() or value.const_value is None or value.is_graph_output():
-                continue
-            dtype = value.const_value.dtype
-            if dtype not in FLOAT_TYPES:
-                skipped.append(f"{value.name}: {dtype.name} weight of {node.op_type} left as is (already quantized)")
-                continue
-            ndim = len(value.const_value.shape)
-            if role == "weight" and ndim < 2:
-                continue
-            axes = channel_axes(node, index, ndim) if role == "weight" else ()
-            who = f"{node.op_type} {node.name or '?'}"
-            if value.name in found:
-                w = found[value.name]
-                if w.channel_axes != axes:
-                    w.channel_axes = ()
-                w.consumers.append(who)
-            else:
-                found[value.name] = Weight(value, role, axes, [who])
-    # Deterministic order: graph order of first use, which is what users see in inspect.
-    return list(found.values()), sorted(set(skipped))
+        if tensor.dtype not in FLOAT_TYPES:
+            ops = sorted({n.op_type for n, *_ in uses})
+            skipped.append(f"{name}: {tensor.dtype.name} weight of {'/'.join(ops)} left as is (already quantized)")
+            continue
+        ndim = len(tensor.shape)
+        roles = {role for *_, role, _ in uses}
+        role = "weight" if "weight" in roles else "bias"
+        if role == "weight" and ndim < 2:
+            continue
+        axes_seen = {channel_axes(n, i, ndim) if direct else () for n, i, r, direct in uses if r == role}
+        axes = axes_seen.pop() if len(axes_seen) == 1 and role == "weight" else ()
+        found.append(Weight(value, role, axes, [f"{n.op_type} {n.name or '?'}" for n, *_ in uses]))
+    return found, sorted(set(skipped))

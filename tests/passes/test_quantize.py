@@ -149,3 +149,45 @@ def test_bias_added_after_a_matmul_is_a_bias():
     assert ctx.tensor_notes["b"]["bits"] == 6 + 4
     x = rng.random((3, 8)).astype(np.float32)
     np.testing.assert_allclose(run(out, {"x": x})[0], run(proto, {"x": x})[0], atol=0.05)
+
+
+def test_weights_reached_through_data_movement_and_inside_if_bodies_are_found():
+    """Exporters reorder LSTM gates with Slice + Concat and keep weights in If branches."""
+    from onnx import numpy_helper
+
+    from onnxcomp.weights import find_weights
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(8, 6)).astype(np.float32)
+    then_w = rng.normal(size=(6, 6)).astype(np.float32)
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["tw"], value=numpy_helper.from_array(then_w)),
+         helper.make_node("MatMul", ["h", "tw"], ["t"])], "then", [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 6])])
+    other = helper.make_graph([helper.make_node("Identity", ["h"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 6])])
+    nodes = [
+        helper.make_node("Slice", ["w", "starts", "ends", "axes"], ["w_top"]),
+        helper.make_node("Slice", ["w", "ends", "stops", "axes"], ["w_bottom"]),
+        helper.make_node("Concat", ["w_bottom", "w_top"], ["w_reordered"], axis=0),
+        helper.make_node("MatMul", ["x", "w_reordered"], ["h"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=other),
+    ]
+    proto = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
+                               helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+                       {"w": w, "starts": np.array([0]), "ends": np.array([4]), "stops": np.array([8]), "axes": np.array([0])})
+    from ..conftest import compile_proto
+
+    model = ir.serde.deserialize_model(compile_proto(proto, "normalize"))
+    weights = {x.name: x for x in find_weights(model)[0]}
+    assert set(weights) == {"w", "tw"}
+    assert weights["w"].channel_axes == ()  # reached through Slice/Concat: per tensor
+    out = compile_proto(proto, "normalize,quantize{bits=10},pack")
+    x = rng.random((5, 8)).astype(np.float32)
+    import onnxcomp.runtime as rt
+
+    for cond in (True, False):  # 10 bits: 60 dB per weight, so outputs agree to ~0.1%
+        feeds = {"x": x, "cond": np.array(cond)}
+        want = run(proto, feeds)[0]
+        np.testing.assert_allclose(rt.InferenceSession(out).run(None, feeds)[0], want, atol=0.005 * np.abs(want).max())
