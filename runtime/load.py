@@ -182,17 +182,17 @@ def _rewrite(data: bytes, weights_file: str | None = None) -> bytes:
     arena = Arena(specs, shared=workers > 1, path=weights_file)
     jobs = []
     results: dict[str, np.ndarray] = {}
-    for t, out, (name, step, step_first) in zip(tensors, arena.arrays, targets):
+    for t, full, (name, step, step_first) in zip(tensors, arena.arrays, targets):
         row0 = 0
         for plan in t.plans:
             rows = plan.shape[0] if t.concat is not None else None
-            dest = out[row0 : row0 + rows] if rows is not None else out
             part_step = step
             if step is not None and rows is not None and step.ndim == len(t.shape) and step.shape[0] == t.shape[0] > 1:
                 part_step = step[row0 : row0 + rows]
-            jobs.append(Job(plan, dest, part_step, step_first))
+            jobs.append(Job(plan, full[row0 : row0 + rows] if rows is not None else full, part_step, step_first))
             row0 += rows or 0
-        results[name] = out
+        results[name] = full
+    del full
     run_jobs(jobs, workers)
 
     still_read = set(graph_outputs) | subgraph_reads
@@ -219,8 +219,8 @@ def _rewrite(data: bytes, weights_file: str | None = None) -> bytes:
             proto = w.tensor_proto(name, array)
         parts.append(w.len_field(w.GRAPH_INITIALIZER, proto))
     graph_payload = b"".join(parts)
-    del parts, results
-    arena.close()
+    del parts, results, jobs
+    arena.close()  # the data stays in the file (or is dropped with the anonymous mapping)
 
     out_parts: list[bytes | memoryview] = []
     for f in top:
