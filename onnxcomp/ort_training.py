@@ -223,7 +223,9 @@ class TrainingSession:
         if missing or unknown:
             raise TrainingError(f"graph inputs are {list(names)}: missing {missing}, unknown {unknown}")
         self._module.train(training)
-        outputs = self._module(*[np.ascontiguousarray(inputs[n]) for n in names])
+        # asarray, not ascontiguousarray: the latter turns scalar inputs (lambda, a noise switch)
+        # into shape [1], which the graph then warns about on every step.
+        outputs = self._module(*[np.asarray(inputs[n], order="C") for n in names])
         return outputs if isinstance(outputs, tuple) else (outputs,)
 
     def parameters(self, trainable_only: bool = False) -> dict[str, np.ndarray]:

@@ -149,3 +149,32 @@ def test_wrong_inputs_and_divergence_raise(artifacts):
     with pytest.raises(TrainingError, match="diverged"):
         session.step(poisoned)
     np.testing.assert_array_equal(session.parameters()["W"], before)
+
+
+SCALED = """
+<ir_version: 8, opset_import: ["" : 17]>
+scaled (float[N, 4] x, int64[N] labels, float lam) => (float loss, float[N, 3] logits)
+<float[4, 3] W = {0.3, -0.2, 0.1, 0.0, 0.5, -0.4, -0.1, 0.2, 0.3, 0.4, -0.3, 0.1}>
+{
+    logits = MatMul(x, W)
+    ce, log_prob = SoftmaxCrossEntropyLoss <reduction = "mean"> (logits, labels)
+    sq = Mul(W, W)
+    l2 = ReduceSum <keepdims = 0> (sq)
+    penalty = Mul(lam, l2)
+    loss = Add(ce, penalty)
+}
+"""
+
+
+def test_scalar_graph_inputs_stay_scalars(tmp_path, capfd):
+    """A schedule feeds lambda as a scalar input each step; it must reach the graph as rank 0."""
+    arts = generate_artifacts(onnx.parser.parse_model(SCALED), ["W"], [], tmp_path / "a")
+    session = TrainingSession(arts, lr=0.05)
+    batch = tiny_batch()
+    capfd.readouterr()
+    loss_off = session.eval({**batch, "lam": np.float32(0.0)})[0]
+    loss_on = session.eval({**batch, "lam": np.array(10.0, np.float32)})[0]
+    loss, _ = session.step({**batch, "lam": np.array(1.0, np.float32)})
+    assert loss_on > loss_off
+    assert np.ndim(loss) == 0 and np.ndim(loss_on) == 0  # a [1]-shaped lambda makes the loss [1]
+    assert "does not match actual shape" not in capfd.readouterr().err
