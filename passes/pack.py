@@ -65,7 +65,8 @@ class PackPass(CompressionPass):
             cast_only = all(u.node.op_type == "Cast" for u in uses)
             raw_dtype = narrowest_int_dtype(int(array.min()), int(array.max())) if array.size else np.dtype(np.int8)
             raw_bytes = array.size * raw_dtype.itemsize
-            encoded = [encode_tensor(p) for p in split_rows(array, self.stream_symbols)] if array.size >= self.min_elements else None
+            parts = split_rows(array, self.stream_symbols)
+            encoded = [encode_tensor(p) for p in parts] if array.size >= self.min_elements else None
             coded_bytes = sum(e.payload_bytes for e in encoded) if encoded else 0
             if encoded is None or (cast_only and raw_bytes <= coded_bytes):
                 if cast_only and raw_dtype != array.dtype:
@@ -75,7 +76,7 @@ class PackPass(CompressionPass):
                 stored = value.const_value.dtype.name.lower()
                 self.context.note(name, codec=f"raw-{stored}", coded_bytes=int(value.const_value.nbytes))
                 continue
-            for part, enc in zip(split_rows(array, self.stream_symbols), encoded):
+            for part, enc in zip(parts, encoded):
                 self._check_round_trip(name, part, enc)
             self._replace(model, value, encoded, taken)
             self.context.note(name, codec="ans", streams=len(encoded), coded_bytes=coded_bytes,

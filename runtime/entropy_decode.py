@@ -166,15 +166,19 @@ def entropy_decode(
     return decode_plan(plan)
 
 
-def decode_plan(plan: DecodePlan, dtype: np.dtype = np.dtype(np.int32)) -> np.ndarray:
-    """All of a plan's values in one array of ``dtype`` (any integer type holding the table's
-    range), shaped as declared."""
-    out = np.empty(plan.count, dtype=dtype)
+def decode_plan(plan: DecodePlan) -> np.ndarray:
+    """All of a plan's values in one int32 array, shaped as declared."""
+    out = np.empty(plan.count, dtype=np.int32)
+    decode_into(plan, out)
+    return out.reshape(plan.shape)
+
+
+def decode_into(plan: DecodePlan, flat: np.ndarray) -> None:
+    """Write a plan's values into the 1-D ``flat`` (any integer type holding the table's range)."""
     pos = 0
     for chunk in iter_values(plan):
-        out[pos : pos + chunk.size] = chunk
+        flat[pos : pos + chunk.size] = chunk
         pos += chunk.size
-    return out.reshape(plan.shape)
 
 
 def crc32_of(values: np.ndarray) -> int:

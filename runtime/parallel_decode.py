@@ -22,7 +22,7 @@ import numpy as np
 
 from onnxcomp.errors import FormatError, OnnxcompError
 
-from .entropy_decode import DecodePlan, iter_values
+from .entropy_decode import DecodePlan, decode_into, iter_values
 
 PARALLEL_MIN_SYMBOLS = 1 << 21
 ALIGN = 64
@@ -39,10 +39,7 @@ class Job:
     def run(self) -> None:
         shape = self.plan.shape
         if self.step is None:
-            pos, flat = 0, self.out.reshape(-1)  # a view: out is C-contiguous
-            for chunk in iter_values(self.plan):
-                flat[pos : pos + chunk.size] = chunk
-                pos += chunk.size
+            decode_into(self.plan, self.out.reshape(-1))  # a view: out is C-contiguous
             return
         row = math.prod(shape[1:])
         lead = self.step.ndim == len(shape) and self.step.shape[0] == shape[0] and shape[0] > 1
