@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-p", "--pipeline", default="ptq", help="pipeline string or preset (default: ptq)")
     c.add_argument("--data", help="data spec: mnist, fashion-mnist, file.npz (train/val splits only)")
     c.add_argument("--max-error-increase", type=float, help="error budget on the validation split, a fraction (0.001 = 0.1 point)")
+    c.add_argument("--max-error", type=float, help="absolute error budget on the validation split (epr searches lambda for it)")
+    c.add_argument("--resume", action="store_true", help="continue an interrupted training run from its checkpoints (<output>.train/)")
     c.add_argument("--report", help="write the report as JSON here")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -58,7 +60,7 @@ def cmd_compress(args) -> int:
     from onnxcomp.report import summary_table
 
     report = compress(args.input, args.output, args.pipeline, data=args.data,
-                      max_error_increase=args.max_error_increase, seed=args.seed,
+                      max_error_increase=args.max_error_increase, max_error=args.max_error, resume=args.resume, seed=args.seed,
                       report_path=args.report, progress=not args.quiet)
     print(summary_table(report))
     print(f"\nwrote {args.output}" + (f" and {args.report}" if args.report else ""))
@@ -103,13 +105,13 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_passes(args) -> int:
-    from onnxcomp.pass_base import registered_passes
+    from onnxcomp.pass_base import option_name, registered_passes
     from onnxcomp.pipeline import PRESETS
 
     for name, cls in registered_passes().items():
         print(f"{name}: {cls.summary}")
         for f in cls.options():
-            print(f"    {f.name}={f.default!s:<8} {f.metadata.get('help', '')}")
+            print(f"    {option_name(f)}={f.default!s:<8} {f.metadata.get('help', '')}")
     print("\npresets:")
     for name, spec in PRESETS.items():
         print(f"    {name} = {spec}")

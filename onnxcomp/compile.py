@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,8 @@ def compress(
     data: str | None = None,
     max_error_increase: float | None = None,
     seed: int = 0,
+    max_error: float | None = None,
+    resume: bool = False,
     report_path: str | os.PathLike | None = None,
     progress: bool = True,
     say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
@@ -55,11 +58,15 @@ def compress(
     if not progress:
         say = lambda s: None  # noqa: E731
     pipe = parse_pipeline(pipeline)  # reject bad pipelines before any work
-    if max_error_increase is not None:
-        if not 0.0 <= max_error_increase < 1.0:
-            raise DataError(f"--max-error-increase {max_error_increase} must be a fraction in [0, 1), e.g. 0.001")
+    for flag, budget in (("--max-error-increase", max_error_increase), ("--max-error", max_error)):
+        if budget is None:
+            continue
+        if not 0.0 <= budget < 1.0:
+            raise DataError(f"{flag} {budget} must be a fraction in [0, 1), e.g. 0.001")
         if data is None:
-            raise DataError("--max-error-increase needs --data (the validation split measures the error)")
+            raise DataError(f"{flag} needs --data (the validation split measures the error)")
+    if max_error is not None and max_error_increase is not None:
+        raise DataError("give --max-error or --max-error-increase, not both")
     np.random.seed(seed)
     model = load_model(input_path)
     original_proto = to_proto(model)
@@ -67,12 +74,18 @@ def compress(
     original_payload = payload_bytes(model)
     original_weights = weight_params(model)
     dataset = load_compile_data(data, original_proto) if data else None
-    context = CompileContext(data=dataset, seed=seed, max_error_increase=max_error_increase, progress=progress)
+    # Checkpoints of training passes live beside the output until it is written, so that an
+    # interrupted run can be resumed with the same command plus --resume.
+    work_dir = Path(output_path).with_name(Path(output_path).name + ".train")
+    context = CompileContext(data=dataset, seed=seed, max_error_increase=max_error_increase, max_error=max_error,
+                             progress=progress, say=say, original_model=original_proto.SerializeToString(),
+                             work_dir=work_dir, resume=resume)
     say(f"pipeline: {pipe}")
     n = len(pipe.passes)
     counter = iter(range(1, n + 1))
     timings = pipe.run(model, context, on_pass=lambda p: say(f"[{next(counter)}/{n}] {p}"))
     written = save_model(model, output_path)
+    shutil.rmtree(work_dir, ignore_errors=True)
 
     params = sum(int(np.prod(s)) if s else 1 for s in original_weights.values())
     payload = payload_bytes(model)
@@ -95,6 +108,8 @@ def compress(
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "notes": context.log,
     }
+    if "__finetune__" in notes:
+        report["training"] = notes["__finetune__"]
     if dataset is not None and dataset.val is not None:
         say("evaluating on the validation split")
         t = time.perf_counter()

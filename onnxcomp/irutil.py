@@ -37,7 +37,10 @@ def unique_name(model: ir.Model, base: str, taken: set[str] | None = None) -> st
 
 
 def new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    array = np.asarray(array)  # not ascontiguousarray: that turns a 0-d scalar into shape [1]
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")
+    tensor = ir.tensor(array, name=name)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
     graph.register_initializer(value)
     return value
@@ -65,3 +68,39 @@ def remove_unused_initializers(graph: ir.Graph) -> None:
     for name, value in list(graph.initializers.items()):
         if not value.uses() and not value.is_graph_output():
             del graph.initializers[name]
+
+
+class NodeBuilder:
+    """Appends nodes to a list with unique, readable names (``<prefix>/<Op>_<n>``).
+
+    Passes that build whole subgraphs (epr-reparam's decode and rate paths) use it so that every
+    node carries a ``role`` tag in its metadata (``onnxcomp.role``), which later passes use to
+    find and strip training-only nodes. Constants become initializers of ``graph``.
+    """
+
+    ROLE_KEY = "onnxcomp.role"
+
+    def __init__(self, model: ir.Model, taken: set[str]) -> None:
+        self.model = model
+        self.taken = taken
+        self.nodes: list[ir.Node] = []
+
+    def name(self, base: str) -> str:
+        return unique_name(self.model, base, self.taken)
+
+    def const(self, value, dtype=np.float32, name: str = "onnxcomp.const") -> ir.Value:
+        return new_initializer(self.model.graph, self.name(name), np.asarray(value, dtype=dtype))
+
+    def op(self, op_type: str, inputs: list[ir.Value | None], prefix: str, role: str, *,
+           outputs: int = 1, output_names: list[str] | None = None, **attrs) -> ir.Value | tuple[ir.Value, ...]:
+        node = ir.Node("", op_type, inputs, [ir.convenience.convert_attribute(k, v) for k, v in attrs.items()],
+                       num_outputs=outputs, name=self.name(f"{prefix}/{op_type}"),
+                       metadata_props={self.ROLE_KEY: role})
+        for i, out in enumerate(node.outputs):
+            out.name = output_names[i] if output_names else self.name(f"{prefix}/{op_type.lower()}")
+        self.nodes.append(node)
+        return node.outputs[0] if outputs == 1 else tuple(node.outputs)
+
+
+def node_role(node: ir.Node) -> str | None:
+    return node.metadata_props.get(NodeBuilder.ROLE_KEY)

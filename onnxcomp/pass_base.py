@@ -10,9 +10,11 @@ default and a ``help`` text in the field metadata; pipelines set them by name
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import onnx_ir as ir
 
@@ -26,7 +28,14 @@ class CompileContext:
     data: Any = None  # onnxcomp.data.Dataset or None: passes use only its train/val splits
     seed: int = 0
     max_error_increase: float | None = None
+    max_error: float | None = None  # absolute error budget on the validation split
     progress: bool = True
+    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)  # progress lines
+    # For passes that train: the model as the user gave it (a teacher, the error baseline), where
+    # checkpoints go, and whether to resume from the ones found there.
+    original_model: bytes | None = None
+    work_dir: Path | None = None
+    resume: bool = False
     # Per-tensor facts passes record for the report, keyed by the weight's original name.
     tensor_notes: dict[str, dict[str, Any]] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
@@ -54,13 +63,19 @@ class CompressionPass(ir.passes.InPlacePass):
         return [f for f in dataclasses.fields(cls) if f.init]
 
     def changed_options(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in self.options() if getattr(self, f.name) != f.default}
+        return {option_name(f): getattr(self, f.name) for f in self.options() if getattr(self, f.name) != f.default}
 
     def __str__(self) -> str:
         opts = self.changed_options()
         if not opts:
             return self.name
         return self.name + "{" + " ".join(f"{k}={format_value(v)}" for k, v in opts.items()) + "}"
+
+
+def option_name(f: dataclasses.Field) -> str:
+    """The option's name in pipeline text: the field name, unless metadata ``option`` renames it
+    (``lambda`` is a Python keyword, so finetune's field is ``lam``)."""
+    return f.metadata.get("option", f.name)
 
 
 def format_value(v: Any) -> str:
@@ -120,11 +135,11 @@ def make_pass(name: str, raw_options: dict[str, str]) -> CompressionPass:
         raise PipelineError(f"unknown pass {name!r}; valid passes: {', '.join(passes)}")
     cls = passes[name]
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in cls.options()}
+    fields = {option_name(f): f for f in cls.options()}
     kwargs = {}
     for key, text in raw_options.items():
         if key not in fields:
             valid = ", ".join(fields) or "(none)"
             raise PipelineError(f"pass {name!r} has no option {key!r}; valid options: {valid}")
-        kwargs[key] = parse_value(name, fields[key], text, hints)
+        kwargs[fields[key].name] = parse_value(name, fields[key], text, hints)
     return cls(**kwargs)

@@ -19,6 +19,7 @@ from onnxcomp.coding import EncodedTensor, encode_tensor, narrowest_int_dtype
 from onnxcomp.errors import PassError, PipelineError
 from onnxcomp.irutil import all_names, new_initializer, unique_name
 from onnxcomp.pass_base import CompressionPass, register_pass
+from onnxcomp.passes.epr_reparam import finalize_epr
 from onnxcomp.runtime import format as fmt
 from onnxcomp.runtime.entropy_decode import entropy_decode
 
@@ -49,9 +50,10 @@ class PackPass(CompressionPass):
             raise PipelineError(f"pass 'pack': option stream_symbols={self.stream_symbols} must be >= 1024")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # An EPR training graph first becomes latents -> Cast -> decoder (training nodes stripped).
+        modified = finalize_epr(model, self.context)
         graph = model.graph
         taken = all_names(model)
-        modified = False
         for name, value in list(graph.initializers.items()):
             tensor = value.const_value
             if tensor is None or tensor.dtype not in INT_TYPES:

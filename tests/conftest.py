@@ -84,3 +84,26 @@ def mlp_input():
 @pytest.fixture
 def cnn_input():
     return {"x": np.random.default_rng(7).random((4, 1, 8, 8)).astype(np.float32)}
+
+
+def mnist_npz(path, input_name: str, shape: tuple[int, ...], n_train: int = 512, n_val: int = 256,
+              labels: bool = True, pool: int = 1):
+    """A small real data spec: the first MNIST train/val images (padded to 32x32 and average-pooled
+    by ``pool`` when it is > 1, so pool=4 gives the 8x8 digits the tiny models take), reshaped to
+    ``shape`` per sample, written as an .npz."""
+    from onnxcomp.models.datasets import load_mnist
+
+    mnist = load_mnist()
+    arrays = {}
+    for split, part, n in (("train", mnist.train, n_train), ("val", mnist.val, n_val)):
+        images = part.images[:n].reshape(n, 28, 28)
+        if pool > 1:
+            side = 32
+            padded = np.zeros((n, side, side), np.float32)
+            padded[:, 2:30, 2:30] = images
+            images = padded.reshape(n, side // pool, pool, side // pool, pool).mean(axis=(2, 4))
+        arrays[f"{split}/{input_name}"] = images.reshape(n, *shape).astype(np.float32)
+        if labels:
+            arrays[f"{split}/labels"] = part.labels[:n]
+    np.savez(path, **arrays)
+    return str(path)

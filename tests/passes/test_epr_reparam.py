@@ -1,0 +1,148 @@
+"""epr-reparam builds a graph whose task path rounds exactly as documented, and pack's finalize
+turns it into latents -> Cast -> decoder with outputs equal to the graph's at rounded latents."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+import onnxcomp.runtime as rt
+from onnxcomp.errors import NothingToCompressError, PassError, PipelineError
+from onnxcomp.model_io import to_proto
+from onnxcomp.pass_base import CompileContext
+from onnxcomp.passes.epr_reparam import (LATENT_FACTOR, EprSpec, finalize_epr, inverse_dct_2d, rounded_latents)
+from onnxcomp.pipeline import parse_pipeline
+from tests.conftest import make_model, run, tiny_cnn, tiny_mlp
+
+
+def reparam(proto: onnx.ModelProto, options: str = "") -> ir.Model:
+    model = ir.serde.deserialize_model(proto)
+    parse_pipeline(f"normalize,epr-reparam{options}").run(model, CompileContext(progress=False))
+    return model
+
+
+def feeds(model: ir.Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    spec = EprSpec.from_model(model)
+    return {**inputs, spec.noise_input: np.zeros(spec.num_params, np.float32)}
+
+
+def with_outputs(model: ir.Model, names: list[str]) -> onnx.ModelProto:
+    proto = to_proto(model)
+    del proto.graph.output[:]
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    return proto
+
+
+def set_latents(model: ir.Model, values: dict[str, np.ndarray]) -> None:
+    for name, array in values.items():
+        model.graph.initializers[name].const_value = ir.tensor(np.asarray(array, np.float32), name=name)
+
+
+def no_opt() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
+def test_every_weight_gets_latents_a_rate_and_metadata():
+    model = reparam(tiny_mlp())
+    spec = EprSpec.from_model(model)
+    assert [t.name for t in spec.tensors] == ["W1", "b1", "W2", "b2"]
+    assert spec.num_params == 64 * 48 + 48 + 10 * 48 + 10
+    assert [v.name for v in model.graph.inputs] == ["x", spec.noise_input]
+    assert [v.name for v in model.graph.outputs] == ["y", spec.rate_output]
+    assert all(n in model.graph.initializers for n in spec.trainable)
+    assert not {"W1", "b1", "W2", "b2"} & set(model.graph.initializers)  # weights are computed now
+
+
+def test_task_path_rounds_as_documented_and_exactly_on_integers(mlp_input):
+    model = reparam(tiny_mlp())
+    spec = EprSpec.from_model(model)
+    w1 = spec.tensors[0]
+    rng = np.random.default_rng(1)
+    phi = (rng.normal(0, 3, w1.shape) / LATENT_FACTOR).astype(np.float32)
+    phi.flat[:4] = np.array([0.5, -0.5, 2.5, 300.0]) / LATENT_FACTOR  # ties and a clipped value
+    set_latents(model, {w1.phi: phi})
+    (k,) = run(with_outputs(model, [w1.k]), feeds(model, mlp_input))
+    expected = rounded_latents(phi)
+    assert np.abs(k - expected).max() < 2e-5  # forward = round(x) up to the fixed-point residual
+    assert expected.flat[3] == 255  # |x| is clipped to 255
+    np.testing.assert_array_equal(np.floor(np.clip(phi * LATENT_FACTOR, -255, 255) + 0.5), expected)  # half up
+    set_latents(model, {w1.phi: expected / np.float32(LATENT_FACTOR)})
+    (k_exact,) = run(with_outputs(model, [w1.k]), feeds(model, mlp_input))
+    np.testing.assert_array_equal(k_exact, expected.astype(np.float32))
+
+
+def test_initial_graph_is_the_original_model_quantized(mlp_input):
+    proto = tiny_mlp()
+    (reference,) = run(proto, mlp_input)
+    model = reparam(proto, "{bits=6}")  # fine steps, latents still inside the +-255 clip
+    outputs = run(to_proto(model), feeds(model, mlp_input))
+    assert np.abs(outputs[0] - reference).max() < 0.05 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("builder, options", [(tiny_mlp, "{prior=logistic}"), (tiny_mlp, "{per_channel=true}"),
+                                              (tiny_cnn, "{conv_decoder=dct}"), (tiny_cnn, "{conv_decoder=dct share_decoders=false}")])
+def test_packed_outputs_equal_the_graph_at_rounded_latents(builder, options, mlp_input, cnn_input):
+    inputs = mlp_input if builder is tiny_mlp else cnn_input
+    model = reparam(builder(), options)
+    spec = EprSpec.from_model(model)
+    rng = np.random.default_rng(5)
+    # trained-looking latents: mostly zero, some large, and the steps moved off their start
+    moved = {}
+    for t in spec.tensors:
+        x = np.where(rng.random(t.shape) < 0.7, 0.0, rng.normal(0, 6, t.shape))
+        moved[t.phi] = (np.rint(x) / LATENT_FACTOR).astype(np.float32)
+        moved[t.log_step] = model.graph.initializers[t.log_step].const_value.numpy() + np.float32(0.37)
+    set_latents(model, moved)
+    # Same session options on both sides: the thread count changes float summation order.
+    graph_outputs = run(to_proto(model), feeds(model, inputs), ort.SessionOptions())
+    to_proto_before_pack, model_before_pack = to_proto(model), ir.serde.deserialize_model(to_proto(model))
+    parse_pipeline("pack").run(model, CompileContext(progress=False))
+    packed = to_proto(model)
+    assert [i.name for i in packed.graph.input] == list(inputs)
+    assert [o.name for o in packed.graph.output] == [to_proto(reparam(builder())).graph.output[0].name]
+    assert not [n for n in packed.graph.node if n.op_type in ("Exp", "Sigmoid", "Slice", "Clip")]
+    (decoded,) = rt.InferenceSession(packed.SerializeToString(), ort.SessionOptions()).run(None, inputs)
+    np.testing.assert_array_equal(decoded, graph_outputs[0])
+    # The custom op decodes at run time, so its weights are not constants ORT can pre-pack for
+    # Conv: compare with graph optimizations off on both sides, as tests/runtime does.
+    (graph_no_opt, _) = run(to_proto_before_pack, feeds(model_before_pack, inputs), no_opt())
+    options = no_opt()
+    rt.register(options)
+    (custom,) = run(packed, inputs, options)
+    np.testing.assert_array_equal(custom, graph_no_opt)
+
+
+def test_dct_decoder_starts_at_the_inverse_dct_and_shares_one_matrix():
+    model = reparam(tiny_cnn(), "{conv_decoder=dct}")
+    spec = EprSpec.from_model(model)
+    assert len(spec.decoders) == 1
+    matrix = model.graph.initializers[spec.decoders[0]].const_value.numpy()
+    np.testing.assert_allclose(matrix @ matrix.T, np.eye(9), atol=1e-6)  # orthonormal
+    np.testing.assert_allclose(matrix, inverse_dct_2d(3, 3), atol=1e-7)
+    conv = next(t for t in spec.tensors if t.decoder)
+    assert conv.decoder == spec.decoders[0] and conv.shape == [8, 1, 3, 3]
+
+
+def test_finalize_is_a_no_op_on_other_models():
+    model = ir.serde.deserialize_model(tiny_mlp())
+    assert finalize_epr(model) is False
+
+
+def test_bad_input_is_named():
+    with pytest.raises(PipelineError, match="prior='gaussian'"):
+        parse_pipeline("epr-reparam{prior=gaussian}")
+    with pytest.raises(PipelineError, match="conv_decoder"):
+        parse_pipeline("epr-reparam{conv_decoder=fft}")
+    model = reparam(tiny_mlp())
+    with pytest.raises(PassError, match="already reparameterized"):
+        parse_pipeline("epr-reparam").run(model, CompileContext(progress=False))
+    no_weights = make_model([onnx.helper.make_node("Relu", ["x"], ["y"])],
+                            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])], {})
+    with pytest.raises(NothingToCompressError, match="epr-reparam"):
+        reparam(no_weights)

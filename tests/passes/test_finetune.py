@@ -1,0 +1,139 @@
+"""finetune trains EPR graphs through ONNX Runtime training on real (pooled 8x8) MNIST digits:
+latents move, the rate falls, runs are reproducible and resumable, and bad input is named."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxcomp import cli
+from onnxcomp.compile import compress
+from onnxcomp.errors import DataError, PassError, TrainingError
+from onnxcomp.ort_training import TrainingSession
+from onnxcomp.pipeline import parse_pipeline
+from tests.conftest import make_model, mnist_npz, tiny_mlp
+
+FAST = "normalize,epr-reparam{prior=logistic},finetune{epochs=2 lambda=10 lr=0.005 checkpoint_every=3},pack"
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return mnist_npz(tmp_path_factory.mktemp("data") / "digits.npz", "x", (64,), pool=4)
+
+
+@pytest.fixture
+def mlp(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    onnx.save(tiny_mlp(), path)
+    return path
+
+
+def compress_quiet(src, out, pipeline=FAST, **kw):
+    return compress(src, out, pipeline, progress=False, **kw)
+
+
+def test_training_moves_latents_and_lowers_the_rate(mlp, digits, tmp_path):
+    report = compress_quiet(mlp, tmp_path / "out.onnx", data=digits)
+    training = report["training"]
+    assert training["loss"] == "ce" and training["steps"] == 8 and training["lambda"] == 10
+    history = training["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    start = compress_quiet(mlp, tmp_path / "start.onnx", "normalize,epr-reparam{prior=logistic},pack", data=digits)
+    # A zero gradient (the trap of the naive straight-through form) would leave the latents, and
+    # so the packed bytes, exactly where epr-reparam put them.
+    assert report["payload_bytes"] < 0.95 * start["payload_bytes"]
+    assert history[-1]["entropy_bits_per_weight"] < history[0]["entropy_bits_per_weight"] + 1e-9
+    assert not (tmp_path / "out.onnx.train").exists()  # checkpoints go once the output is written
+
+
+def test_same_seed_same_bytes_and_resume_reproduces_an_uninterrupted_run(mlp, digits, tmp_path, monkeypatch):
+    compress_quiet(mlp, tmp_path / "a.onnx", data=digits, seed=3)
+    compress_quiet(mlp, tmp_path / "b.onnx", data=digits, seed=3)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+    real_step = TrainingSession.step
+
+    def interrupted(self, inputs):
+        if self.steps == 5:  # checkpoints were written at steps 3 and 4 (end of epoch 1)
+            raise KeyboardInterrupt
+        return real_step(self, inputs)
+
+    monkeypatch.setattr(TrainingSession, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compress_quiet(mlp, tmp_path / "c.onnx", data=digits, seed=3)
+    assert (tmp_path / "c.onnx.train" / "checkpoint").exists() and not (tmp_path / "c.onnx").exists()
+    monkeypatch.setattr(TrainingSession, "step", real_step)
+    lines = []
+    compress(mlp, tmp_path / "c.onnx", FAST, data=digits, seed=3, resume=True, say=lines.append)
+    assert any("resuming at step 4" in line for line in lines)
+    assert (tmp_path / "c.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+
+
+def test_distillation_needs_no_labels(mlp, tmp_path):
+    unlabeled = mnist_npz(tmp_path / "unlabeled.npz", "x", (64,), pool=4, labels=False)
+    report = compress_quiet(mlp, tmp_path / "out.onnx", data=unlabeled)
+    assert report["training"]["loss"] == "distill"
+    assert 0.0 <= report["training"]["val_error"] <= 1.0  # disagreement with the original model
+
+
+def test_error_budget_searches_lambda(mlp, digits, tmp_path):
+    pipeline = "normalize,epr-reparam{prior=logistic},finetune{epochs=1 search_runs=3},pack"
+    report = compress_quiet(mlp, tmp_path / "out.onnx", pipeline, data=digits, max_error=0.95)
+    search = report["metrics"]["search"]
+    lambdas = [run["lambda"] for run in search["runs"]]
+    assert lambdas == pytest.approx([0.3, 0.9, 2.7])  # every run met the loose budget: lambda grows
+    assert search["chosen_lambda"] in lambdas
+    assert report["metrics"]["val_error"] <= 0.95
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(mlp, digits, tmp_path, capsys):
+    with np.load(digits) as arrays:
+        broken = {k: arrays[k].copy() for k in arrays.files}
+    broken["train/x"][300] = np.nan  # in the 3rd batch of epoch 2's order? anywhere: every epoch visits it
+    np.savez(tmp_path / "nan.npz", **broken)
+    code = cli.main(["compress", str(mlp), "-o", str(tmp_path / "out.onnx"), "-p", FAST,
+                     "--data", str(tmp_path / "nan.npz"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == TrainingError.exit_code
+    assert "training diverged: loss is nan" in err and "last good checkpoint" in err
+    assert "Traceback" not in err and not (tmp_path / "out.onnx").exists()
+
+
+def test_labels_out_of_range_are_named(mlp, digits, tmp_path):
+    with np.load(digits) as arrays:
+        broken = {k: arrays[k].copy() for k in arrays.files}
+    broken["train/labels"][7] = 10
+    np.savez(tmp_path / "bad.npz", **broken)
+    with pytest.raises(DataError, match="label 10 at sample 7 is out of range: the model has 10 classes"):
+        compress_quiet(mlp, tmp_path / "out.onnx", data=str(tmp_path / "bad.npz"))
+
+
+def test_an_op_without_gradient_is_named(digits, tmp_path):
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "W1"], ["h"]), helper.make_node("Softplus", ["h"], ["s"]),
+             helper.make_node("Gemm", ["s", "W2"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+                       {"W1": rng.normal(0, 0.1, (64, 32)).astype(np.float32),
+                        "W2": rng.normal(0, 0.1, (32, 10)).astype(np.float32)})
+    onnx.save(model, tmp_path / "softplus.onnx")
+    with pytest.raises(TrainingError, match=r"op Softplus has no gradient builder .*rewrite it"):
+        compress_quiet(tmp_path / "softplus.onnx", tmp_path / "out.onnx", data=digits)
+
+
+def test_finetune_needs_a_reparameterized_model_and_train_data(mlp, digits, tmp_path):
+    with pytest.raises(PassError, match="run epr-reparam before it"):
+        compress_quiet(mlp, tmp_path / "out.onnx", "normalize,finetune,pack", data=digits)
+    with pytest.raises(DataError, match="finetune needs --data"):
+        compress_quiet(mlp, tmp_path / "out.onnx", "epr")
+
+
+def test_options_parse_and_print_back():
+    pipeline = parse_pipeline("normalize,epr-reparam{prior=logistic},finetune{lambda=0.5 epochs=3},pack")
+    assert str(pipeline) == "normalize,epr-reparam{prior=logistic},finetune{epochs=3.0 lambda=0.5},pack"
+    assert str(parse_pipeline(str(pipeline))) == str(pipeline)
+    assert str(parse_pipeline("epr")) == "normalize,epr-reparam,finetune,pack"
+    with pytest.raises(Exception, match="option loss=mse must be one of auto, ce, distill"):
+        parse_pipeline("finetune{loss=mse}")
