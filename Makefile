@@ -17,10 +17,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(BIN)/onnxcomp compress models/lenet-300-100.onnx -o $(OUT)/lenet-300-100.ptq.onnx \
-		--data mnist --max-error-increase 0.001 --report $(OUT)/lenet-300-100.ptq.json
+	$(BIN)/onnxcomp compress models/lenet-300-100.onnx -o $(OUT)/lenet-300-100.epr.onnx \
+		-p epr --data mnist --report $(OUT)/lenet-300-100.epr.json
 	$(BIN)/onnxcomp eval models/lenet-300-100.onnx --data mnist:test
-	$(BIN)/onnxcomp eval $(OUT)/lenet-300-100.ptq.onnx --data mnist:test
+	$(BIN)/onnxcomp eval $(OUT)/lenet-300-100.epr.onnx --data mnist:test
 
 test: setup
 	$(BIN)/python -m pytest -q

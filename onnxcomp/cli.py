@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"onnxcomp: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("onnxcomp: interrupted; no output was written", file=sys.stderr)
+        hint = ""
+        if args.command == "compress" and os.path.exists(args.output + ".train"):
+            hint = f"; training checkpoints are kept in {args.output}.train: run the same command with --resume"
+        print(f"onnxcomp: interrupted; no output was written{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug in onnxcomp, not in the user's input
         if os.environ.get("ONNXCOMP_DEBUG"):

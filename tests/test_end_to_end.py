@@ -71,3 +71,17 @@ def test_searched_ptq_reaches_the_target(tmp_path, name, budget, max_bits):
     decompress(out, tmp_path / "plain.onnx")
     plain = ort.InferenceSession(str(tmp_path / "plain.onnx"), providers=["CPUExecutionProvider"]).run(None, x)[0]
     np.testing.assert_array_equal(rt.InferenceSession(out).run(None, x)[0], plain)
+
+
+@pytest.mark.slow
+def test_short_epr_run_on_lenet_300_100(tmp_path):
+    """The EPR preset on the real model and data, cut to one epoch (the full 25-epoch runs are in
+    BENCHMARKS.md): the rate term must already have pruned most weights, the error stay sane, and
+    the packed file give exactly the val error the driver measured on the rounded latents."""
+    src = MODELS / "lenet-300-100.onnx"
+    out = tmp_path / "epr.onnx"
+    pipeline = "normalize,epr-reparam{prior=logistic},finetune{epochs=1 lambda=1},pack"
+    report = compress(src, out, pipeline, data="mnist", progress=False)
+    assert report["bits_per_param"] < 1.5  # ptq needs ~4.2 data-free; float is 32
+    assert test_error(out) < 0.03
+    assert report["metrics"]["val_error"] == pytest.approx(report["training"]["val_error"], abs=0.0005)

@@ -146,3 +146,38 @@ def test_bad_input_is_named():
                             [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])], {})
     with pytest.raises(NothingToCompressError, match="epr-reparam"):
         reparam(no_weights)
+
+
+def test_decompress_of_a_dct_model_is_standard_onnx_with_equal_outputs(cnn_input, tmp_path):
+    from onnxcomp.decompress import decompress
+    from onnxcomp.model_io import save_model
+
+    model = reparam(tiny_cnn(), "{conv_decoder=dct}")
+    parse_pipeline("pack").run(model, CompileContext(progress=False))
+    save_model(model, tmp_path / "packed.onnx")
+    decompress(tmp_path / "packed.onnx", tmp_path / "plain.onnx")
+    plain = onnx.load(tmp_path / "plain.onnx")
+    assert all(n.domain == "" for n in plain.graph.node)
+    assert any(n.op_type == "MatMul" for n in plain.graph.node)  # the learned decoder stays an op
+    want = rt.InferenceSession(str(tmp_path / "packed.onnx"), ort.SessionOptions()).run(None, cnn_input)[0]
+    np.testing.assert_array_equal(run(plain, cnn_input, ort.SessionOptions())[0], want)
+
+
+def test_shared_and_transposed_weights_are_reparameterized_once():
+    """W feeds two MatMuls directly; V reaches its MatMul through Transpose (an exporter's Linear)."""
+    rng = np.random.default_rng(2)
+    nodes = [onnx.helper.make_node("MatMul", ["x", "W"], ["a"]), onnx.helper.make_node("MatMul", ["a", "W"], ["b"]),
+             onnx.helper.make_node("Transpose", ["V"], ["Vt"], perm=[1, 0]),
+             onnx.helper.make_node("MatMul", ["b", "Vt"], ["y"])]
+    proto = make_model(nodes, [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
+                       [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+                       {"W": rng.normal(0, 0.3, (16, 16)).astype(np.float32), "V": rng.normal(0, 0.3, (4, 16)).astype(np.float32)})
+    model = reparam(proto)
+    assert [(t.name, t.shape) for t in EprSpec.from_model(model).tensors] == [("W", [16, 16]), ("V", [4, 16])]
+    x = {"x": rng.random((3, 16)).astype(np.float32)}
+    set_latents(model, {t.phi: rounded_latents(model.graph.initializers[t.phi].const_value.numpy()) / np.float32(LATENT_FACTOR)
+                        for t in EprSpec.from_model(model).tensors})  # the graph at rounded latents
+    before = run(to_proto(model), feeds(model, x), ort.SessionOptions())[0]
+    parse_pipeline("pack").run(model, CompileContext(progress=False))
+    np.testing.assert_array_equal(rt.InferenceSession(to_proto(model).SerializeToString(), ort.SessionOptions()).run(None, x)[0],
+                                  before)

@@ -48,7 +48,7 @@ def test_training_moves_latents_and_lowers_the_rate(mlp, digits, tmp_path):
     assert not (tmp_path / "out.onnx.train").exists()  # checkpoints go once the output is written
 
 
-def test_same_seed_same_bytes_and_resume_reproduces_an_uninterrupted_run(mlp, digits, tmp_path, monkeypatch):
+def test_same_seed_same_bytes_and_resume_reproduces_an_uninterrupted_run(mlp, digits, tmp_path, monkeypatch, capsys):
     compress_quiet(mlp, tmp_path / "a.onnx", data=digits, seed=3)
     compress_quiet(mlp, tmp_path / "b.onnx", data=digits, seed=3)
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
@@ -61,8 +61,10 @@ def test_same_seed_same_bytes_and_resume_reproduces_an_uninterrupted_run(mlp, di
         return real_step(self, inputs)
 
     monkeypatch.setattr(TrainingSession, "step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        compress_quiet(mlp, tmp_path / "c.onnx", data=digits, seed=3)
+    code = cli.main(["compress", str(mlp), "-o", str(tmp_path / "c.onnx"), "-p", FAST, "--data", digits,
+                     "--seed", "3", "--quiet"])
+    assert code == cli.EXIT_INTERRUPTED
+    assert "run the same command with --resume" in capsys.readouterr().err
     assert (tmp_path / "c.onnx.train" / "checkpoint").exists() and not (tmp_path / "c.onnx").exists()
     monkeypatch.setattr(TrainingSession, "step", real_step)
     lines = []
