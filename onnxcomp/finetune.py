@@ -190,7 +190,8 @@ class EprTrainer:
                             f"want [N{''.join(', ' + str(d) for d in probe.shape[2:])}]")
         bad = np.flatnonzero((labels < 0) | (labels >= classes))
         if bad.size:
-            raise DataError(f"{which} label {int(labels.flat[bad[0]])} at sample {int(bad[0])} is out of range: "
+            sample = int(bad[0]) // max(1, int(np.prod(labels.shape[1:])))
+            raise DataError(f"{which} label {int(labels.flat[bad[0]])} at sample {sample} is out of range: "
                             f"the model has {classes} classes (0..{classes - 1})")
 
     # -- checkpoints ---------------------------------------------------------------------------

@@ -110,9 +110,11 @@ def tensor_rows(original: dict[str, tuple[int, ...]], model: ir.Model, notes: di
         row["bits_per_param"] = 8.0 * row["bytes"] / params
         row["unique_values"] = int(np.unique(values_for_stats).size)
         row["entropy_bits"] = entropy_bits(values_for_stats)
-        for key in ("bits", "rounding"):
+        for key in ("bits", "rounding", "method", "prior", "decoder"):
             if key in notes.get(name, {}):
                 row[key] = notes[name][key]
+        if "prior_code_bits" in notes.get(name, {}):  # EPR: the learned prior as a code, for comparison
+            row["prior_code_bytes"] = notes[name]["prior_code_bits"] / 8.0
         latent_notes = notes.get(notes.get(name, {}).get("latent", ""), {})
         if "ideal_bits" in latent_notes:
             row["ideal_bytes"] = latent_notes["ideal_bits"] / 8.0
@@ -150,4 +152,10 @@ def summary_table(report: dict[str, Any]) -> str:
         for t in report["tensors"]
     ]
     bottom = format_table(["tensor", "shape", "codec", "bytes", "bits/param", "unique", "entropy"], trows)
+    training = report.get("training")
+    if training:
+        runs = training.get("runs") or []
+        search = f" (chosen among {len(runs)} trainings)" if len(runs) > 1 else ""
+        top += (f"\n\ntraining: lambda {training['lambda']:g}{search}, loss {training['loss']}, {training['steps']} steps, "
+                f"median {training['median_step_ms']:.1f} ms/step")
     return top + "\n\n" + bottom

@@ -297,7 +297,10 @@ def finalize_epr(model: ir.Model, context=None) -> bool:
         step = new_initializer(graph, unique_name(model, f"{t.name}.step", taken), steps[t.log_step])
         produced[t.scale].replace_all_uses_with(step)
         if context is not None:
-            context.note(t.name, latent=latent.name)
+            # What the learned prior would cost as the coding table (pack codes under the
+            # histogram's table, which is never larger: reported so the choice is visible).
+            prior = {key: inits[name].const_value.numpy() for key, name in t.prior_params.items()}
+            context.note(t.name, latent=latent.name, prior_code_bits=PRIORS[spec.prior].bits_numpy(k, prior))
     rate = produced.get(spec.rate_output)
     if rate is not None and rate in graph.outputs:
         graph.outputs.remove(rate)

@@ -102,7 +102,8 @@ class FinetunePass(CompressionPass):
                 shutil.rmtree(work_dir, ignore_errors=True)
         for name, value in result.parameters.items():
             ir_value = model.graph.initializers[name]
-            ir_value.const_value = ir.tensor(np.ascontiguousarray(value, np.float32), name=name)
+            shape = tuple(ir_value.const_value.shape)  # ORT checkpoints hand scalars back as [1]
+            ir_value.const_value = ir.tensor(np.asarray(value, np.float32).reshape(shape), name=name)
         chosen = next(lam for lam, r in runs if r is result)
         ctx.note("__finetune__", **{
             "lambda": chosen, "loss": result.loss, "steps": result.steps,
