@@ -3,8 +3,10 @@
 Contract (owned by the compiler, not by bench/):
     onnxcomp compress IN.onnx -o OUT.onnx -p PIPELINE [--report r.json]   (or python -m onnxcomp)
 Report keys: original_bytes, compressed_bytes, payload_bytes, params, bits_per_param, tensors,
-metrics. A missing CLI, a non-zero exit or a missing output is a CompilerUnavailable with one
-clear line, so benchmark scripts fail loudly instead of measuring nothing.
+metrics, and `training` for pipelines with finetune. A missing CLI, a non-zero exit or a missing
+output is a CompilerUnavailable with one clear line, so benchmark scripts fail loudly instead of
+measuring nothing. The CLI's progress lines (stderr) are echoed as they come, indented, so a
+long training run shows its epochs; its summary table (stdout) is kept out of the log.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -37,7 +41,23 @@ def cli_command() -> list[str]:
         "onnxcomp.cli exists yet (run in /work/main/.venv after `pip install -e .`)")
 
 
-def compress(src: str, dst: str, pipeline: str = "ptq", extra: list[str] | None = None) -> dict:
+def _run_echoing(cmd: list[str], echo: bool) -> tuple[int, str]:
+    """Run cmd; echo its stderr lines (indented) while it runs; return (exit code, last output lines)."""
+    tail: list[str] = []
+    with tempfile.TemporaryFile("w+") as out:  # stdout to a file: a full pipe would block the child
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, bufsize=1)
+        for line in proc.stderr:
+            tail = (tail + [line.rstrip()])[-5:]
+            if echo:
+                print("    | " + line.rstrip(), file=sys.stderr, flush=True)
+        code = proc.wait()
+        out.seek(0)
+        if code != 0 and not tail:
+            tail = out.read().strip().splitlines()[-5:]
+    return code, "\n  ".join(tail)
+
+
+def compress(src: str, dst: str, pipeline: str = "ptq", extra: list[str] | None = None, echo: bool = True) -> dict:
     """Run `onnxcomp compress`; return its report plus wall time and the exact command."""
     report_path = dst + ".report.json"
     prefix = cli_command()
@@ -48,12 +68,10 @@ def compress(src: str, dst: str, pipeline: str = "ptq", extra: list[str] | None 
         if os.path.exists(stale):
             os.remove(stale)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    code, tail = _run_echoing(cmd, echo)
     seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise CompilerUnavailable(
-            f"onnxcomp compress failed (exit {proc.returncode}): {' '.join(cmd)}\n  " + "\n  ".join(tail))
+    if code != 0:
+        raise CompilerUnavailable(f"onnxcomp compress failed (exit {code}): {' '.join(cmd)}\n  {tail}")
     if not os.path.exists(dst):
         raise CompilerUnavailable(f"onnxcomp compress exited 0 but wrote no {dst}")
     report = {}
@@ -61,4 +79,5 @@ def compress(src: str, dst: str, pipeline: str = "ptq", extra: list[str] | None 
         with open(report_path) as f:
             report = json.load(f)
     return {"report": report, "compile_seconds": round(seconds, 2),
-            "command": " ".join(["onnxcomp"] + [os.path.relpath(a) if os.path.exists(a) else a for a in args])}
+            "command": " ".join(["onnxcomp"] + [shlex.quote(os.path.relpath(a) if os.path.exists(a) else a)
+                                                 for a in args])}

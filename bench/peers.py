@@ -15,8 +15,9 @@ The 4-bit quantizer skips Gemm, so for it a model with Gemm is first rewritten e
 MatMul + Add (bench/gemm_to_matmul.py); the notes column says when. quantize_dynamic handles
 Gemm itself (MatMulInteger + Add) and gets the original file.
 
-Tasks: `mnist` (test error % on the 10k MNIST test split) and `ocr` (PP-OCR rec: % of rendered
-lines whose text is identical to the float model's, see bench/ocr.py).
+Tasks: `mnist` (test error % on the 10k MNIST test split), `fashion-mnist` (the same on the 10k
+Fashion-MNIST t10k split, Debian package dataset-fashion-mnist) and `ocr` (PP-OCR rec: % of
+rendered lines whose text is identical to the float model's, see bench/ocr.py).
 
     python bench/peers.py --model models/lenet-300-100.onnx --task mnist --out bench/out/results/peers-lenet-300-100.json
 """
@@ -41,12 +42,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _metric(task: str, path: str, ctx: dict) -> dict:
     """{"metric_name", "metric", "detail"} for one model file; ctx carries the OCR reference."""
-    if task == "mnist":
+    if task in ("mnist", "fashion-mnist"):
         import mnist_task
 
         sess, _ = open_session(path)
-        r = mnist_task.test_error(sess)
-        return {"metric_name": "MNIST test error %", "metric": r["test_error_pct"], "detail": r}
+        r = mnist_task.test_error(sess, task=task)
+        return {"metric_name": mnist_task.metric_name(task), "metric": r["test_error_pct"], "detail": r}
     import ocr
 
     r = ocr.evaluate(path, reference=ctx.get("reference_path"), reference_rows=ctx.get("reference_rows"))
@@ -157,7 +158,7 @@ def run(model_path: str, task: str, name: str, workdir: str, block_size: int) ->
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="float .onnx")
-    ap.add_argument("--task", required=True, choices=["mnist", "ocr"])
+    ap.add_argument("--task", required=True, choices=["mnist", "fashion-mnist", "ocr"])
     ap.add_argument("--name", help="model name in the table (default: file stem)")
     ap.add_argument("--block-size", type=int, default=32, help="MatMulNBits block size (default 32)")
     ap.add_argument("--workdir", help="where quantized files go (default bench/out/peers/NAME)")

@@ -1,8 +1,11 @@
 """Merge bench/out/results/*.json into one markdown report (to paste into BENCHMARKS.md).
 
 Sections: the machine (nproc, CPU model, RAM, onnxruntime/onnx versions of each venv), the exact
-command, one table per model (method, file bytes, payload bytes, bits/param, metric, notes), and
-the decode-at-load table with its targets. Runs with any python3 that has no extra packages.
+command, one table per model (method, file bytes, payload bytes, bits/param, metric, notes; EPR
+rows add lambda, val error, median training step and compile time), the ANS coding table, the
+EPR training-step cost table (results/epr-step-time.json), the EPR rate-error curves
+(bench/out/epr-curve-*.md, made by the optional `curve` step, included when present), and the
+decode-at-load table with its targets. Runs with any python3 that has no extra packages.
 
     python3 bench/report.py [--results bench/out/results] [--out bench/out/BENCHMARKS.md]
 """
@@ -20,8 +23,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 VENVS = {"main": os.path.join(REPO, ".venv"), "peers": os.path.join(HERE, ".venv-peers")}
-METHOD_ORDER = ["float", "zstd -19", "int8 dynamic per-tensor", "int8 dynamic per-channel", "int4"]
-MODEL_ORDER = ["lenet-300-100", "lenet5-caffe", "pp-ocrv6-rec"]
+METHOD_ORDER = ["float", "zstd -19", "int8 dynamic per-tensor", "int8 dynamic per-channel", "int4",
+                "onnxcomp -p ptq", "onnxcomp"]
+MODEL_ORDER = ["lenet-300-100", "lenet5-caffe", "lenet-300-100-fashion", "pp-ocrv6-rec"]
 
 
 def machine() -> list[str]:
@@ -85,6 +89,10 @@ def model_table(name: str, rows: list[dict]) -> list[str]:
         notes = [r.get("notes", "")]
         if float_row and r.get("file_bytes") and r is not float_row:
             notes.append(f"file {float_row['file_bytes'] / r['file_bytes']:.1f}x smaller")
+        if r.get("median_step_ms") is not None:  # a training pipeline (epr): the report's training figures
+            val = f"val error {100 * r['val_error']:.2f}%, " if r.get("val_error") is not None else ""
+            notes.append(f"lambda {r.get('lambda'):g}, {val}{r.get('training_steps')} steps of median "
+                         f"{r['median_step_ms']:.1f} ms, compile {r.get('compile_seconds', 0):.0f} s")
         if r.get("error"):
             notes.append(f"error: {r['error'].splitlines()[0]}")
         if r.get("venv"):
@@ -164,6 +172,44 @@ def coding_table(out_dir: str) -> list[str]:
             "| output | coded bytes | ideal bytes | overhead |", "|---|---:|---:|---:|", *rows, ""]
 
 
+def step_time_table(res: dict) -> list[str]:
+    """EPR training-step cost (bench/epr_step_time.py): plain vs logistic vs factorized prior."""
+    st, m = res["settings"], res["machine"]
+    la0, la1 = res.get("loadavg_start", ["?"]), res.get("loadavg_end", ["?"])
+    out = ["### EPR training step: cost against plain training", "",
+           f"Median wall time of one ONNX Runtime training step (forward + backward + AdamW) over {st['steps']} steps "
+           f"after {st['warmup']} warm-up, batch {st['batch']} of random MNIST-shaped inputs, {st['threads']} ORT "
+           f"thread(s); eval = one forward of the eval graph on the same batch (median of {st['eval_runs']}). EPR graphs "
+           "are built as `-p epr` builds them (normalize, epr-reparam, finetune's loss graph); plain = the model with "
+           "a softmax cross-entropy, all float initializers trainable. nodes = model + loss, training nodes = the "
+           f"generated training graph. Machine: {m['cpus']} CPUs ({m.get('cpus_usable', '?')} usable), {m['cpu']}; "
+           f"load average (1/5/15 min) {la0} at start, {la1} at end: on a busy 2-core machine the times grow.", "",
+           "| model | variant | step median ms (p10-p90) | x plain | eval ms | nodes | training nodes | "
+           "trainable elements |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+    plain = {r["model"]: r["step_median_ms"] for r in res["rows"] if r["variant"] == "plain"}
+    for r in res["rows"]:
+        ratio = f"{r['step_median_ms'] / plain[r['model']]:.1f}x" if r["model"] in plain else "-"
+        out.append(f"| {r['model']} | {r['variant']} | {r['step_median_ms']:.2f} ({r['step_p10_ms']:.2f}-"
+                   f"{r['step_p90_ms']:.2f}) | {ratio} | {r['eval_median_ms']:.2f} | {r['nodes']:,} | "
+                   f"{r['training_nodes']:,} | {r['trainable_elements']:,} |")
+    feed = [r["feed_median_ms"] for r in res["rows"] if r["variant"].startswith("epr")]
+    if feed:
+        out += ["", f"Not in the step times (as in finetune.py's own median_step_ms): making each step's noise "
+                    f"input, median {min(feed):.2f}-{max(feed):.2f} ms per step."]
+    out += ["", "command:", "", f"    {res['command']}", ""]
+    return out
+
+
+def curve_sections(out_dir: str) -> list[str]:
+    """The EPR rate-error tables bench/epr_curve.py wrote (optional `curve` step), as they are."""
+    lines = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "epr-curve-*.md"))):
+        with open(path) as f:
+            lines += f.read().rstrip("\n").splitlines() + [""]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default=os.path.join(HERE, "out", "results"))
@@ -171,25 +217,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--command", default="bash bench/run.sh", help="the command that produced the results")
     args = ap.parse_args(argv)
     by_model: dict[str, list[dict]] = {}
-    load = None
+    load = step_time = None
     for path in sorted(glob.glob(os.path.join(args.results, "*.json"))):
         with open(path) as f:
             data = json.load(f)
         if isinstance(data, dict) and "cases" in data:
             load = data
             continue
+        if isinstance(data, dict) and data.get("kind") == "epr-step-time":
+            step_time = data
+            continue
         for r in data:
             by_model.setdefault(r["model"], []).append(r)
     lines = ["## Benchmarks", "", *machine(), f"- command: `{args.command}` (from the repository root)", "",
              "bits/param = 8 x payload bytes / float params of the original model; payload = stored bytes of "
              "all initializers (dims x dtype width, int4 = 4 bits); file = the .onnx on disk (the zstd row: "
-             "the .zst). Metric: MNIST test error on the 10k test split; OCR: % of 30 rendered lines whose "
+             "the .zst). Metric: MNIST (Fashion-MNIST) test error on the 10k test split (t10k); OCR: % of 30 "
+             "rendered lines whose "
              "text is identical to the float model's (truth = identical to the rendered text, frames = CTC "
              "frames with the same argmax).", ""]
     names = sorted(by_model, key=lambda n: (MODEL_ORDER.index(n) if n in MODEL_ORDER else 99, n))
     for name in names:
         lines += model_table(name, by_model[name])
     lines += coding_table(os.path.dirname(args.results))
+    if step_time:
+        lines += step_time_table(step_time)
+    lines += curve_sections(os.path.dirname(args.results))
     if load:
         lines += load_table(load)
     text = "\n".join(lines) + "\n"

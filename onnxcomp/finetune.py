@@ -243,9 +243,9 @@ class EprTrainer:
                 if session.steps >= self.total_steps:
                     break
                 step = session.steps
+                start = time.perf_counter()  # a step's wall time includes drawing its noise
                 session.set_lr(lr_at(step, self.total_steps, self.o))
                 feed = self._feed(batch, lambda_at(step, self.steps_per_epoch, self.o), noise_at(self.seed, step, self.spec.num_params))
-                start = time.perf_counter()
                 try:
                     _, task, rate, _ = session.step(feed)
                 except TrainingError as failure:
