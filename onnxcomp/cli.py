@@ -111,7 +111,7 @@ def cmd_passes(args) -> int:
     for name, cls in registered_passes().items():
         print(f"{name}: {cls.summary}")
         for f in cls.options():
-            print(f"    {option_name(f)}={f.default!s:<8} {f.metadata.get('help', '')}")
+            print(f"    {option_name(f) + '=' + str(f.default):<28} {f.metadata.get('help', '')}")
     print("\npresets:")
     for name, spec in PRESETS.items():
         print(f"    {name} = {spec}")

@@ -250,8 +250,9 @@ class EprTrainer:
                     _, task, rate, _ = session.step(feed)
                 except TrainingError as failure:
                     raise TrainingError(
-                        f"{failure}; stopped. The last good checkpoint (step {last_good}) is kept in {self.work_dir}: "
-                        "lower finetune{lr=..} or lambda, or run again with --resume to retry from it") from failure
+                        f"{failure}; stopped. The last good checkpoint (step {last_good}) is kept in {self.work_dir}; "
+                        "check the data for NaN/inf, or start over with a lower finetune{lr=..} or lambda "
+                        "(--resume continues from that checkpoint with unchanged options)") from failure
                 step_times.append(time.perf_counter() - start)
                 sums["task"] += float(task)
                 sums["rate"] += float(rate)

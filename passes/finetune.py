@@ -68,6 +68,10 @@ class FinetunePass(CompressionPass):
             raise bad("temperature", self.temperature, "> 0")
         if self.checkpoint_every < 1:
             raise bad("checkpoint_every", self.checkpoint_every, ">= 1")
+        if self.threads < 0:
+            raise bad("threads", self.threads, ">= 0")
+        if self.warmup_steps < 0 or self.lambda_warmup < 0:
+            raise bad("warmup_steps/lambda_warmup", f"{self.warmup_steps}/{self.lambda_warmup}", ">= 0")
         if self.search_runs < 1:
             raise bad("search_runs", self.search_runs, ">= 1")
         if not self.search_factor > 1:
