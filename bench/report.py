@@ -195,8 +195,8 @@ def step_time_table(res: dict) -> list[str]:
                    f"{r['training_nodes']:,} | {r['trainable_elements']:,} |")
     feed = [r["feed_median_ms"] for r in res["rows"] if r["variant"].startswith("epr")]
     if feed:
-        out += ["", f"Not in the step times (as in finetune.py's own median_step_ms): making each step's noise "
-                    f"input, median {min(feed):.2f}-{max(feed):.2f} ms per step."]
+        out += ["", f"Not in these step times: making each step's noise input, median {min(feed):.2f}-"
+                    f"{max(feed):.2f} ms per step (finetune's own median_step_ms, in the EPR rows, includes it)."]
     out += ["", "command:", "", f"    {res['command']}", ""]
     return out
 

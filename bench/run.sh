@@ -32,7 +32,9 @@ set -uo pipefail
 #   "normalize,epr-reparam{prior=logistic},finetune{lambda=1},pack"
 #   "epr --max-error-increase 0.003"                           lambda searched for a val budget
 EPR_LENET_300_100=("epr" "normalize,epr-reparam,finetune{lambda=0.5},pack")
-EPR_LENET5_CAFFE=("normalize,epr-reparam,finetune{lambda=3},pack" "normalize,epr-reparam,finetune{lambda=6},pack")
+EPR_LENET5_CAFFE=("normalize,epr-reparam,finetune{lambda=3},pack" "normalize,epr-reparam,finetune{lambda=6},pack"
+                  "normalize,epr-reparam,finetune{lambda=2 loss=distill},pack"
+                  "normalize,epr-reparam,finetune{lambda=4 loss=distill},pack")
 EPR_LENET_300_100_FASHION=("epr")
 # The optional `curve` step: bench/epr_curve.py per model, one `onnxcomp compress` per lambda of
 # normalize,epr-reparam{CURVE_EPR_OPTIONS},finetune{lambda=L epochs=CURVE_EPOCHS CURVE_FINETUNE_OPTIONS},pack
