@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from machine_info import cpu_model
 
 HERE = Path(os.path.dirname(os.path.abspath(__file__)))
 REPO = HERE.parent
@@ -49,12 +50,7 @@ KIND = "epr-step-time"
 
 
 def machine() -> dict:
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     return {"cpu": cpu, "cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
             "system": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
 

@@ -19,6 +19,7 @@ import os
 import platform
 import subprocess
 import sys
+from machine_info import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -29,12 +30,7 @@ MODEL_ORDER = ["lenet-300-100", "lenet5-caffe", "lenet-300-100-fashion", "pp-ocr
 
 
 def machine() -> list[str]:
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     with open("/proc/meminfo") as f:
         mem_kb = int(f.readline().split()[1])
     lines = [f"- machine: {os.cpu_count()} CPUs (nproc), {cpu}, {mem_kb / 2**20:.1f} GiB RAM, "
