@@ -34,7 +34,9 @@ set -uo pipefail
 EPR_LENET_300_100=("epr" "normalize,epr-reparam,finetune{lambda=0.5},pack")
 EPR_LENET5_CAFFE=("normalize,epr-reparam,finetune{lambda=3},pack" "normalize,epr-reparam,finetune{lambda=6},pack"
                   "normalize,epr-reparam,finetune{lambda=2 loss=distill},pack"
-                  "normalize,epr-reparam,finetune{lambda=4 loss=distill},pack")
+                  "normalize,epr-reparam,finetune{lambda=4 loss=distill},pack"
+                  "normalize,epr-reparam{prior=logistic},finetune{lambda=1 loss=distill},pack"
+                  "normalize,epr-reparam{prior=logistic},finetune{lambda=2 loss=distill},pack")
 EPR_LENET_300_100_FASHION=("epr")
 # The optional `curve` step: bench/epr_curve.py per model, one `onnxcomp compress` per lambda of
 # normalize,epr-reparam{CURVE_EPR_OPTIONS},finetune{lambda=L epochs=CURVE_EPOCHS CURVE_FINETUNE_OPTIONS},pack
