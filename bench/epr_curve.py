@@ -36,6 +36,8 @@ import shlex
 import sys
 import time
 
+from machine_info import cpu_model
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 KIND = "epr-curve"
 KB = 1000.0
@@ -153,17 +155,6 @@ def sweep(args) -> dict:
 
 
 # -- outputs (json only: runs in any venv) ---------------------------------------------------------
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
-
 
 def parse_ref(text: str) -> dict:
     """'LABEL:KB:ERROR%' (label may contain colons) -> {"label", "kb", "error_pct"}."""
