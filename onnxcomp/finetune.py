@@ -168,6 +168,7 @@ class EprTrainer:
         probe = teacher.logits(train.take(slice(0, 2)).inputs)
         if probe.ndim < 2:
             raise DataError(f"model output of shape {probe.shape} has no class axis: finetune's losses need [N, classes, ...]")
+        self.output_shape = probe.shape[1:]  # per sample: [classes, ...]
         if self.loss == "ce":
             self._check_labels(train, "train", probe)
         self.graph = loss_graph(model, spec.rate_output, spec.num_params, self.loss, options.temperature, probe.ndim)
@@ -295,12 +296,11 @@ class EprTrainer:
             feed = dict(batch.inputs)
             feed[LAMBDA_INPUT] = np.float32(0.0)
             feed[self.spec.noise_input] = zeros
-            teacher = self.teacher.logits(batch.inputs) if batch.labels is None or self.loss == "distill" else None
-            truth = batch.labels if batch.labels is not None else teacher.argmax(axis=1)
+            truth = batch.labels if batch.labels is not None else self.teacher.logits(batch.inputs).argmax(axis=1)
             if self.loss == "ce":  # the task output is not read: any valid targets do
                 feed[LABELS_INPUT] = np.zeros(truth.shape, np.int64)
             else:
-                feed[TEACHER_INPUT] = np.zeros(teacher.shape, np.float32)
+                feed[TEACHER_INPUT] = np.zeros((len(batch), *self.output_shape), np.float32)
             pred = np.asarray(session.eval(feed)[3]).argmax(axis=1)
             wrong += int(np.count_nonzero(np.any((pred != truth).reshape(len(batch), -1), axis=1)))
         return wrong / len(split)

@@ -11,6 +11,7 @@ latents, which is what pack spends on bitstreams.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -106,8 +107,8 @@ class FinetunePass(CompressionPass):
                 shutil.rmtree(work_dir, ignore_errors=True)
         for name, value in result.parameters.items():
             ir_value = model.graph.initializers[name]
-            shape = tuple(ir_value.const_value.shape)  # ORT checkpoints hand scalars back as [1]
-            ir_value.const_value = ir.tensor(np.asarray(value, np.float32).reshape(shape), name=name)
+            # np.asarray, not ascontiguousarray: the latter turns a 0-d scalar into shape [1]
+            ir_value.const_value = ir.tensor(np.asarray(value, np.float32), name=name)
         chosen = next(lam for lam, r in runs if r is result)
         ctx.note("__finetune__", **{
             "lambda": chosen, "loss": result.loss, "steps": result.steps,
@@ -132,10 +133,9 @@ class FinetunePass(CompressionPass):
             return ctx.max_error
         if val.labels is None:
             return ctx.max_error_increase  # measured as disagreement with the original model
-        from onnxcomp.data import batches
+        from onnxcomp.metrics import evaluate_session
 
-        wrong = sum(int(np.count_nonzero(teacher.logits(b.inputs).argmax(axis=1) != b.labels)) for b in batches(val, 1000))
-        return wrong / len(val) + ctx.max_error_increase
+        return evaluate_session(teacher.session, val) + ctx.max_error_increase
 
     def _train(self, proto, spec: EprSpec, teacher: Teacher, lam: float, work_dir: Path) -> TrainResult:
         ctx = self.context
@@ -150,9 +150,9 @@ class FinetunePass(CompressionPass):
             return TrainResult(params, saved["history"], saved["val_error"], saved["steps"], saved["step_seconds"], saved["loss"])
         ctx.say(f"  training with lambda {lam:g}: {trainer.total_steps} steps of {self.batch}, loss {trainer.loss}")
         result = trainer.run(resume=ctx.resume)
-        with open(work_dir / "result.npz.partial", "wb") as f:
-            np.savez(f, **result.parameters)
-        (work_dir / "result.npz.partial").replace(work_dir / "result.npz")
+        arrays = io.BytesIO()
+        np.savez(arrays, **result.parameters)
+        write_bytes_atomic(work_dir / "result.npz", arrays.getvalue())
         write_bytes_atomic(done, json.dumps({"fingerprint": trainer.fingerprint, "history": result.history,
                                              "val_error": result.val_error, "steps": result.steps,
                                              "step_seconds": result.step_seconds, "loss": result.loss}).encode())
