@@ -78,7 +78,7 @@ def compress(
     # interrupted run can be resumed with the same command plus --resume.
     work_dir = Path(output_path).with_name(Path(output_path).name + ".train")
     context = CompileContext(data=dataset, seed=seed, max_error_increase=max_error_increase, max_error=max_error,
-                             progress=progress, say=say, original_model=original_proto.SerializeToString(),
+                             progress=progress, say=say, original_model=original_proto,
                              work_dir=work_dir, resume=resume)
     say(f"pipeline: {pipe}")
     n = len(pipe.passes)

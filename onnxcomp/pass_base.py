@@ -33,7 +33,7 @@ class CompileContext:
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)  # progress lines
     # For passes that train: the model as the user gave it (a teacher, the error baseline), where
     # checkpoints go, and whether to resume from the ones found there.
-    original_model: bytes | None = None
+    original_model: Any = None  # onnx.ModelProto, serialized only by the passes that need it
     work_dir: Path | None = None
     resume: bool = False
     # Per-tensor facts passes record for the report, keyed by the weight's original name.

@@ -91,7 +91,7 @@ class FinetunePass(CompressionPass):
             raise DataError("finetune needs --data with a train split (e.g. --data mnist, or an .npz with train/ keys)")
         if ctx.original_model is None:
             raise PassError("finetune: the compile context has no original model (the teacher and error baseline)")
-        teacher = Teacher(ctx.original_model)
+        teacher = Teacher(ctx.original_model.SerializeToString())
         proto = to_proto(model)
         owned = ctx.work_dir is None
         work_dir = Path(tempfile.mkdtemp(prefix="onnxcomp-finetune-")) if owned else Path(ctx.work_dir)
