@@ -66,6 +66,16 @@ def training_fields(report: dict) -> dict:
             "training_history": t.get("history")}
 
 
+def wfn_fields(report: dict) -> dict:
+    """The report's `weight_fixing` section (weight-fix), flattened into the row; {} otherwise."""
+    w = report.get("weight_fixing")
+    if not w:
+        return {}
+    keys = ("unique", "zeros", "power_of_two", "sum_of_two", "entropy_bits", "entropy_nonzero_bits", "gamma0",
+            "val_error", "wall_s", "runs", "codebook", "history")
+    return {"wfn": {k: w.get(k) for k in keys}}
+
+
 def metric(task: str, path: str, reference: str, ctx: dict) -> dict:
     if task in ("mnist", "fashion-mnist"):
         import mnist_task
@@ -110,6 +120,7 @@ def run(model: str, task: str, name: str, pipelines: list[str], workdir: str) ->
             "compiler_report": {k: comp["report"].get(k) for k in REPORT_KEYS},
             "notes": f"decode at load; pipeline {comp['report'].get('pipeline', p)}",
             **training_fields(comp["report"]),
+            **wfn_fields(comp["report"]),
         })
         try:
             t0 = time.perf_counter()

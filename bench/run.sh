@@ -9,9 +9,10 @@
 # Steps:
 #   setup     create/refresh the peers venv (bench/setup_peers.sh); render the OCR lines
 #   peers     float / zstd -19 / int8 dynamic / int4 MatMulNBits rows   (peers venv, current ORT)
-#   ours      = ours-ptq + ours-epr, evaluated after decode at load    (main venv, ORT 1.19.2)
+#   ours      = ours-ptq + ours-epr + ours-wfn, evaluated after decode at load (main venv, ORT 1.19.2)
 #   ours-ptq    onnxcomp -p ptq rows                                    (seconds)
 #   ours-epr    onnxcomp EPR rows, the EPR_* pipelines below            (each a full training: minutes)
+#   ours-wfn    onnxcomp WFN rows, the WFN_* pipelines below            (1-5 minutes each)
 #   steptime  EPR training-step cost vs plain training (bench/epr_step_time.py, ~1-2 min)
 #   load      decode-at-load test on a synthetic 25M-param model       (main venv)
 #   curve     NOT in the default list: EPR rate-error curves (bench/epr_curve.py), one training
@@ -38,6 +39,10 @@ EPR_LENET5_CAFFE=("normalize,epr-reparam,finetune{lambda=3},pack" "normalize,epr
                   "normalize,epr-reparam{prior=logistic},finetune{lambda=1 loss=distill},pack"
                   "normalize,epr-reparam{prior=logistic},finetune{lambda=2 loss=distill},pack")
 EPR_LENET_300_100_FASHION=("epr")
+# WFN rows of the `ours` step (step ours-wfn), per model, in the same form (WFN_<MODEL>).
+WFN_LENET_300_100=("wfn")
+WFN_LENET5_CAFFE=("wfn")
+WFN_LENET_300_100_FASHION=("wfn")
 # The optional `curve` step: bench/epr_curve.py per model, one `onnxcomp compress` per lambda of
 # normalize,epr-reparam{CURVE_EPR_OPTIONS},finetune{lambda=L epochs=CURVE_EPOCHS CURVE_FINETUNE_OPTIONS},pack
 CURVE_MODELS=(lenet-300-100)  # LeNet5-Caffe's points are its EPR rows (a training there takes ~15 min)
@@ -67,11 +72,11 @@ SKIPPED=()
 want() { local s; for s in "${STEPS[@]}"; do [[ "$s" == "$1" ]] && return 0; done; return 1; }
 for s in "${STEPS[@]}"; do
     case "$s" in
-        setup|peers|ours|ours-ptq|ours-epr|steptime|load|curve|report) ;;
-        *) echo "unknown step: $s (steps: setup peers ours ours-ptq ours-epr steptime load curve report)" >&2; exit 2 ;;
+        setup|peers|ours|ours-ptq|ours-epr|ours-wfn|steptime|load|curve|report) ;;
+        *) echo "unknown step: $s (steps: setup peers ours ours-ptq ours-epr ours-wfn steptime load curve report)" >&2; exit 2 ;;
     esac
 done
-want ours && STEPS+=(ours-ptq ours-epr)
+want ours && STEPS+=(ours-ptq ours-epr ours-wfn)
 DRY_RUN="${DRY_RUN:-0}"
 step() {  # step NAME CMD...: run, log, remember a failure
     local name="$1"; shift
@@ -113,7 +118,7 @@ declare -A USABLE=()
 FASHION_OK=1
 FASHION_WHY="$("$MAIN_PY" bench/mnist_task.py --check fashion-mnist 2>&1 >/dev/null)" || FASHION_OK=0
 for m in "${CLASSIFIERS[@]}"; do
-    want peers || want ours-ptq || want ours-epr || want steptime || want curve || break
+    want peers || want ours-ptq || want ours-epr || want ours-wfn || want steptime || want curve || break
     if [[ ! -f "models/$m.onnx" ]]; then
         echo "=== [$m] models/$m.onnx missing: skipped"; FAILED+=("missing-$m")
     elif [[ "${DATA[$m]}" == fashion-mnist && $FASHION_OK -eq 0 ]]; then
@@ -123,9 +128,9 @@ for m in "${CLASSIFIERS[@]}"; do
         USABLE[$m]=1
     fi
 done
-epr_variants() {  # epr_variants MODEL: the EPR_<MODEL> array of the configuration above
-    local var="EPR_${1^^}"; var="${var//-/_}"
-    if ! declare -p "$var" >/dev/null 2>&1; then echo "=== no $var in bench/run.sh: no EPR rows for $1" >&2; return; fi
+variants_of() {  # variants_of EPR|WFN MODEL: the <KIND>_<MODEL> array of the configuration above
+    local var="${1}_${2^^}"; var="${var//-/_}"
+    if ! declare -p "$var" >/dev/null 2>&1; then echo "=== no $var in bench/run.sh: no $1 rows for $2" >&2; return; fi
     local -n arr="$var"
     printf '%s\n' "${arr[@]}"
 }
@@ -147,17 +152,18 @@ if want ours-ptq; then
     step ours-pp-ocrv6-rec "$MAIN_PY" bench/ours.py --model "$REC" --task ocr --name pp-ocrv6-rec \
         -p ptq -p "ptq --data bench/out/ocr_calibration.npz --max-error-increase 0.05"
 fi
-if want ours-epr; then
-    # Own results file per model, so the ptq rows survive a failed or interrupted training.
+for kind in epr wfn; do
+    want "ours-$kind" || continue
+    # Own results file per model and method, so other rows survive a failed or interrupted training.
     for m in "${CLASSIFIERS[@]}"; do
         [[ -n "${USABLE[$m]:-}" ]] || continue
         variants=()
-        while IFS= read -r v; do [[ -n "$v" ]] && variants+=(-p "$v --data ${DATA[$m]}"); done < <(epr_variants "$m")
+        while IFS= read -r v; do [[ -n "$v" ]] && variants+=(-p "$v --data ${DATA[$m]}"); done < <(variants_of "${kind^^}" "$m")
         [[ ${#variants[@]} -gt 0 ]] || continue
-        step "ours-epr-$m" "$MAIN_PY" bench/ours.py --model "models/$m.onnx" --task "${DATA[$m]}" \
-            --out "bench/out/results/ours-epr-$m.json" "${variants[@]}"
+        step "ours-$kind-$m" "$MAIN_PY" bench/ours.py --model "models/$m.onnx" --task "${DATA[$m]}" \
+            --out "bench/out/results/ours-$kind-$m.json" "${variants[@]}"
     done
-fi
+done
 if want steptime; then
     models=()
     for m in "${CLASSIFIERS[@]}"; do [[ -n "${USABLE[$m]:-}" ]] && models+=(--model "models/$m.onnx"); done

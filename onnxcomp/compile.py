@@ -110,6 +110,8 @@ def compress(
     }
     if "__finetune__" in notes:
         report["training"] = notes["__finetune__"]
+    if "__wfn__" in notes:
+        report["weight_fixing"] = notes["__wfn__"]
     if dataset is not None and dataset.val is not None:
         say("evaluating on the validation split")
         t = time.perf_counter()

@@ -142,6 +142,22 @@ def softmax(x: np.ndarray, temperature: float) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def check_labels(split: Split, which: str, probe: np.ndarray) -> None:
+    """DataError unless ``split``'s labels fit model outputs shaped like ``probe`` [N, classes, ...]."""
+    if split.labels is None:
+        raise DataError(f"loss 'ce' needs labels; the {which} split has none (use loss=distill)")
+    classes = probe.shape[1]
+    labels = split.labels
+    if tuple(labels.shape[1:]) != tuple(probe.shape[2:]):
+        raise DataError(f"{which} labels of shape {labels.shape} do not fit model output {probe.shape}: "
+                        f"want [N{''.join(', ' + str(d) for d in probe.shape[2:])}]")
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if bad.size:
+        sample = int(bad[0]) // max(1, int(np.prod(labels.shape[1:])))
+        raise DataError(f"{which} label {int(labels.flat[bad[0]])} at sample {sample} is out of range: "
+                        f"the model has {classes} classes (0..{classes - 1})")
+
+
 class Teacher:
     """The original model, run by onnxruntime: soft targets for distillation, reference predictions."""
 
@@ -170,7 +186,7 @@ class EprTrainer:
             raise DataError(f"model output of shape {probe.shape} has no class axis: finetune's losses need [N, classes, ...]")
         self.output_shape = probe.shape[1:]  # per sample: [classes, ...]
         if self.loss == "ce":
-            self._check_labels(train, "train", probe)
+            check_labels(train, "train", probe)
         self.graph = loss_graph(model, spec.rate_output, spec.num_params, self.loss, options.temperature, probe.ndim)
         self.steps_per_epoch = math.ceil(len(train) / options.batch)
         self.total_steps = max(1, round(options.epochs * self.steps_per_epoch))
@@ -180,20 +196,6 @@ class EprTrainer:
         for array in (*train.inputs.values(), *(() if train.labels is None else (train.labels,))):
             digest.update(np.ascontiguousarray(array[:: max(1, len(array) // 64)]).tobytes())
         self.fingerprint = digest.hexdigest()
-
-    def _check_labels(self, split: Split, which: str, probe: np.ndarray) -> None:
-        if split.labels is None:
-            raise DataError(f"finetune loss 'ce' needs labels; the {which} split has none (use loss=distill)")
-        classes = probe.shape[1]
-        labels = split.labels
-        if tuple(labels.shape[1:]) != tuple(probe.shape[2:]):
-            raise DataError(f"{which} labels of shape {labels.shape} do not fit model output {probe.shape}: "
-                            f"want [N{''.join(', ' + str(d) for d in probe.shape[2:])}]")
-        bad = np.flatnonzero((labels < 0) | (labels >= classes))
-        if bad.size:
-            sample = int(bad[0]) // max(1, int(np.prod(labels.shape[1:])))
-            raise DataError(f"{which} label {int(labels.flat[bad[0]])} at sample {sample} is out of range: "
-                            f"the model has {classes} classes (0..{classes - 1})")
 
     # -- checkpoints ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from onnxcomp.pass_base import CompileContext, CompressionPass, make_pass
 PRESETS: dict[str, str] = {
     "ptq": "normalize,quantize,pack",
     "epr": "normalize,epr-reparam,finetune,pack",
+    "wfn": "normalize,weight-fix,pack",
 }
 
 _PASS_RE = re.compile(r"\s*([a-z][a-z0-9-]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")

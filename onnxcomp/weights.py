@@ -69,6 +69,14 @@ DATA_MOVEMENT = {"Reshape", "Transpose", "Cast", "Identity", "Unsqueeze", "Squee
                  "Split", "Gather", "Flatten", "Expand"}
 
 
+# Integer weights of already quantized graphs: (op_type, input index) of the ops that read them.
+# Reported and left alone by every weight pass; DequantizeLinear is followed to the op it feeds.
+QUANTIZED_SLOTS: dict[str, set[int]] = {
+    "MatMulInteger": {1}, "ConvInteger": {1}, "QLinearConv": {3}, "QLinearMatMul": {3},
+    "MatMulNBits": {1}, "DequantizeLinear": {0},
+}
+
+
 def _is_matmul_bias(node: ir.Node, value: ir.Value) -> bool:
     """``node`` is an Add of ``value`` (1-D) to a MatMul-with-weight's output: a Linear bias."""
     if node.op_type != "Add" or node.domain != "" or len(node.inputs) != 2 or len(value.const_value.shape) > 1:
@@ -118,6 +126,11 @@ def find_weights(model: ir.Model) -> tuple[list[Weight], list[str]]:
         if tensor is None or value.is_graph_output() or value.is_graph_input():
             continue
         uses = _weight_uses(value)
+        if tensor.dtype not in FLOAT_TYPES and not uses:
+            quantized = sorted({u.node.op_type for u in value.uses() if u.idx in QUANTIZED_SLOTS.get(u.node.op_type, ())})
+            if quantized:
+                skipped.append(f"{name}: {tensor.dtype.name} weight of {'/'.join(quantized)} left as is (already quantized)")
+            continue
         if not uses:
             continue
         if tensor.dtype not in FLOAT_TYPES:

@@ -4,7 +4,8 @@ Every integer initializer whose readers all take it as data (Cast, or Gather's i
 with ANS under an integer table built from its own histogram, and replaced by an EntropyDecode
 node of the same output name, so the decode subgraph after it is unchanged. A tensor is stored
 raw instead, in the narrowest integer type, when that is smaller than bitstream + table (tiny
-tensors such as biases of a few values) and every reader is a Cast (which reads any integer type).
+tensors such as biases of a few values); readers other than Cast (Gather indices, which must be
+int32/int64) then read it through a Cast back to its type.
 Each coded tensor is decoded again right away and compared: pack never writes what it cannot read.
 """
 
@@ -70,10 +71,13 @@ class PackPass(CompressionPass):
             parts = split_rows(array, self.stream_symbols)
             encoded = [encode_tensor(p) for p in parts] if array.size >= self.min_elements else None
             coded_bytes = sum(e.payload_bytes for e in encoded) if encoded else 0
-            if encoded is None or (cast_only and raw_bytes <= coded_bytes):
-                if cast_only and raw_dtype != array.dtype:
-                    value.const_value = ir.tensor(array.astype(raw_dtype), name=name)
-                    value.dtype = ir.DataType.from_numpy(raw_dtype)
+            if encoded is None or raw_bytes <= coded_bytes:
+                if raw_dtype != array.dtype:
+                    if cast_only:  # a Cast reads any integer type
+                        value.const_value = ir.tensor(array.astype(raw_dtype), name=name)
+                        value.dtype = ir.DataType.from_numpy(raw_dtype)
+                    else:  # Gather indices must be int32/int64: narrow storage, Cast back
+                        value = self._narrow_behind_cast(model, value, array, raw_dtype, taken)
                     modified = True
                 stored = value.const_value.dtype.name.lower()
                 self.context.note(name, codec=f"raw-{stored}", coded_bytes=int(value.const_value.nbytes))
@@ -89,6 +93,23 @@ class PackPass(CompressionPass):
         if modified and fmt.DOMAIN not in model.opset_imports:
             model.opset_imports[fmt.DOMAIN] = fmt.DOMAIN_VERSION
         return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def _narrow_behind_cast(model: ir.Model, value: ir.Value, array: np.ndarray, dtype: np.dtype, taken: set[str]) -> ir.Value:
+        """Store ``value`` as ``dtype`` under a new name; a Cast back to its type keeps the name."""
+        graph = model.graph
+        name = value.name
+        stored = new_initializer(graph, unique_name(model, f"{name}.raw", taken), array.astype(dtype))
+        cast = ir.Node("", "Cast", [stored], {"to": ir.AttrInt64("to", value.const_value.dtype.value)},
+                       name=unique_name(model, f"{name}/cast", taken))
+        out = cast.outputs[0]
+        out.dtype = value.const_value.dtype
+        out.shape = ir.Shape(array.shape)
+        graph.insert_before(graph[0], [cast])
+        value.replace_all_uses_with(out)
+        del graph.initializers[name]
+        out.name = name
+        return stored
 
     @staticmethod
     def _check_round_trip(name: str, array: np.ndarray, enc: EncodedTensor) -> None:
