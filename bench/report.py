@@ -89,6 +89,9 @@ def model_table(name: str, rows: list[dict]) -> list[str]:
             val = f"val error {100 * r['val_error']:.2f}%, " if r.get("val_error") is not None else ""
             notes.append(f"lambda {r.get('lambda'):g}, {val}{r.get('training_steps')} steps of median "
                          f"{r['median_step_ms']:.1f} ms, compile {r.get('compile_seconds', 0):.0f} s")
+        if r.get("wfn"):  # weight fixing: details in the WFN table
+            notes.append(f"{r['wfn']['unique']} values network-wide, {r['wfn']['entropy_bits']:.3f} bits/weight pooled, "
+                         f"compile {r.get('compile_seconds', 0):.0f} s")
         if r.get("error"):
             notes.append(f"error: {r['error'].splitlines()[0]}")
         if r.get("venv"):
@@ -102,6 +105,32 @@ def model_table(name: str, rows: list[dict]) -> list[str]:
     commands += sorted({r["compile_command"] for r in rows if r.get("compile_command")})
     out += ["", "commands:", ""] + [f"    {c}" for c in commands] + [""]
     return out
+
+
+def wfn_table(by_model: dict[str, list[dict]]) -> list[str]:
+    """Weight-fixing rows of every model: the figures issue 4 asks for, beside the float error."""
+    rows = [(name, r) for name, rs in by_model.items() for r in rs if r.get("wfn")]
+    if not rows:
+        return []
+    out = ["### Weight fixing (WFN): whole-network codebooks", "",
+           "unique = distinct weight values in the whole network; pow2 / sum of two = share of the nonzero "
+           "weights that are a signed power of two / a sum of two; H = Shannon entropy of the pooled weight "
+           "histogram (all weights / nonzero only); payload = what pack wrote (entropy-coded indices + "
+           "tables + codebook + the uncompressed rest); d test = test error minus the float model's.", "",
+           "| model | method | unique | zeros | pow2 | sum of two | H bits/w | H nonzero | payload bytes | test error | d test | val error (float) | gamma0 | compile s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in sorted(rows, key=lambda nr: (MODEL_ORDER.index(nr[0]) if nr[0] in MODEL_ORDER else 99, nr[1]["method"])):
+        w = r["wfn"]
+        float_row = next((f for f in by_model[name] if f["method"] == "float"), None)
+        d_test = (f"{r['metric'] - float_row['metric']:+.2f}" if float_row and r.get("metric") is not None
+                  and float_row.get("metric") is not None else "-")
+        m = (r.get("compiler_report") or {}).get("metrics") or {}
+        val = (f"{100 * m['val_error']:.2f}% ({100 * m['val_error_original']:.2f}%)" if "val_error" in m else "-")
+        out.append(f"| {name} | {r['method']} | {w['unique']} | {100 * w['zeros']:.1f}% | {100 * w['power_of_two']:.0f}% | "
+                   f"{100 * w['sum_of_two']:.0f}% | {w['entropy_bits']:.3f} | {w['entropy_nonzero_bits']:.3f} | "
+                   f"{r.get('payload_bytes', 0):,} | {_fmt_metric(r)} | {d_test} | {val} | {w['gamma0']:g} | "
+                   f"{r.get('compile_seconds', 0):.0f} |")
+    return out + [""]
 
 
 def load_table(res: dict) -> list[str]:
@@ -235,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(by_model, key=lambda n: (MODEL_ORDER.index(n) if n in MODEL_ORDER else 99, n))
     for name in names:
         lines += model_table(name, by_model[name])
+    lines += wfn_table(by_model)
     lines += coding_table(os.path.dirname(args.results))
     if step_time:
         lines += step_time_table(step_time)

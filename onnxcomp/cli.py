@@ -105,13 +105,13 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_passes(args) -> int:
-    from onnxcomp.pass_base import option_name, registered_passes
+    from onnxcomp.pass_base import format_value, option_name, registered_passes
     from onnxcomp.pipeline import PRESETS
 
     for name, cls in registered_passes().items():
         print(f"{name}: {cls.summary}")
         for f in cls.options():
-            print(f"    {option_name(f) + '=' + str(f.default):<28} {f.metadata.get('help', '')}")
+            print(f"    {option_name(f) + '=' + format_value(f.default):<28} {f.metadata.get('help', '')}")
     print("\npresets:")
     for name, spec in PRESETS.items():
         print(f"    {name} = {spec}")
