@@ -5,7 +5,8 @@ All weights of the network are one flat vector. Each round fixes a growing share
 power fits. The greedy step takes the centre that is nearest to the most free weights, sorts those
 weights by relative distance |w - c| / |w| and fixes the longest prefix whose running mean stays
 within the round's threshold a_t = max(delta, delta * (T - t)); weights below gamma0 go to zero
-first. The last round (share 1.0) has no threshold: every weight ends on a centre.
+first. The last round (share 1.0) fixes what no centre takes within the threshold to its nearest
+centre of the highest order: every weight ends on a centre.
 
 Centres are exact in float32 (a power of two, or a sum of two within 24 bits of each other), so a
 fixed weight is a codebook entry bit for bit. Retraining between rounds is the driver's job
@@ -37,16 +38,19 @@ def candidates(gamma0: float, max_abs: float, order: int) -> np.ndarray:
     return np.concatenate([-positive[::-1], [0.0], positive]).astype(np.float32)
 
 
-def threshold(round_index: int, rounds: int, delta: float, share: float) -> float:
+def threshold(round_index: int, rounds: int, delta: float) -> float:
     """a_t = max(delta, delta * (T - t)) for round t = round_index + 1 of T (the paper counts from
-    1: round 1 allows (T - 1) delta, round T - 1 delta); none in a round that fixes all."""
-    return math.inf if share >= 1.0 else max(delta, delta * (rounds - round_index - 1))
+    1: round 1 allows (T - 1) delta, rounds T - 1 and T delta)."""
+    return max(delta, delta * (rounds - round_index - 1))
 
 
-def fix_round(w: np.ndarray, fixed: np.ndarray, target: int, limit: float, gamma0: float, order: int) -> None:
+def fix_round(w: np.ndarray, fixed: np.ndarray, target: int, limit: float, gamma0: float, order: int,
+              force_rest: bool = False) -> None:
     """Fix free weights of ``w`` (float32, flat) in place until ``target`` are fixed or no centre
     can take more within the mean relative distance ``limit``: ``w`` takes the centre, ``fixed``
-    becomes True. Weights with |w| < gamma0 are fixed to zero first, smallest first."""
+    becomes True. Weights with |w| < gamma0 are fixed to zero first, smallest first. Centres of
+    order k + 1 are tried only once every centre of order k is blocked. ``force_rest`` (the last
+    round) then fixes what is still short of ``target`` to its nearest centre of the highest order."""
     free = np.flatnonzero(~fixed)
     tiny = free[np.abs(w[free]) < gamma0]
     tiny = tiny[np.argsort(np.abs(w[tiny]), kind="stable")]
@@ -79,6 +83,12 @@ def fix_round(w: np.ndarray, fixed: np.ndarray, target: int, limit: float, gamma
             chosen = members[by_distance[:n_ok]]
             w[chosen] = centres[c]
             fixed[chosen] = True
+    if force_rest and int(fixed.sum()) < target:
+        centres = candidates(gamma0, max_abs, order)
+        rest = np.flatnonzero(~fixed)
+        rest = rest[np.argsort(relative_distance_to_nearest(w[rest], centres), kind="stable")][: target - int(fixed.sum())]
+        w[rest] = centres[nearest_centre(w[rest], centres)]
+        fixed[rest] = True
 
 
 def nearest_centre(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -88,7 +98,11 @@ def nearest_centre(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return np.where(np.abs(values - centres[left]) <= np.abs(centres[right] - values), left, right)
 
 
-def relative_distance(values: np.ndarray, centre: float) -> np.ndarray:
+def relative_distance_to_nearest(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return relative_distance(values, centres[nearest_centre(values, centres)])
+
+
+def relative_distance(values: np.ndarray, centre: float | np.ndarray) -> np.ndarray:
     return np.abs(values - centre) / np.maximum(np.abs(values), np.float32(1e-12))
 
 

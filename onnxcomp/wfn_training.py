@@ -46,6 +46,7 @@ class RetrainOptions:
     beta: float = 0.4
     loss: str = "ce"        # ce or distill (resolved by the caller)
     threads: int = 1
+    weight_decay: float = 0.0  # AdamW's decoupled decay of the free weights
 
 
 def masked_graph(model: onnx.ModelProto, values: dict[str, np.ndarray], fixed: dict[str, np.ndarray],
@@ -139,7 +140,7 @@ def retrain_round(model: onnx.ModelProto, values: dict[str, np.ndarray], fixed: 
     steps_per_epoch = math.ceil(len(train) / options.batch)
     total = max(1, round(options.epochs * steps_per_epoch))
     with tempfile.TemporaryDirectory(prefix="onnxcomp-wfn-") as tmp:
-        artifacts = generate_artifacts(graph, [f"{n}.free" for n in values], [], Path(tmp))
+        artifacts = generate_artifacts(graph, [f"{n}.free" for n in values], [], Path(tmp), weight_decay=options.weight_decay)
         session = TrainingSession(artifacts, lr=options.lr, seed=seed, threads=options.threads)
         reg_weight = None
         times, task_sum, reg_sum = [], 0.0, 0.0

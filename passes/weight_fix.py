@@ -58,7 +58,8 @@ class WeightFixPass(CompressionPass):
     gamma0: float = field(default=2.0**-5, metadata={"help": "weights with |w| < gamma0 are fixed to 0; powers of two start at gamma0 / 2^(order+1)"})
     order: int = field(default=0, metadata={"help": "most extra power-of-two terms a centre may add when no single power fits (0: powers of two only)"})
     epochs: float = field(default=1.0, metadata={"help": "retraining epochs between rounds (0: no retraining, no data needed)"})
-    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the retraining (no weight decay)"})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the retraining"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay of the free weights while retraining"})
     batch: int = field(default=128, metadata={"help": "samples per retraining step"})
     tau: float = field(default=0.05, metadata={"help": "softmin temperature of the regularizer"})
     beta: float = field(default=0.4, metadata={"help": "regularizer held at beta times the task loss (0: off)"})
@@ -93,6 +94,8 @@ class WeightFixPass(CompressionPass):
             raise bad("lr", self.lr, "in (0, 1)")
         if self.batch < 1:
             raise bad("batch", self.batch, ">= 1")
+        if not 0 <= self.weight_decay < 1:
+            raise bad("weight_decay", self.weight_decay, "in [0, 1)")
         if not self.tau > 0:
             raise bad("tau", self.tau, "> 0")
         if not self.beta >= 0:
@@ -145,8 +148,7 @@ class WeightFixPass(CompressionPass):
         stats = rewrite_to_codebook(model, chosen["values"])
         for n in names:
             ctx.note(n, method="wfn")
-        ctx.note("__wfn__", **{k: v for k, v in chosen.items() if k != "values"},
-                 **{k: v for k, v in asdict(stats).items()},
+        ctx.note("__wfn__", **{k: v for k, v in chosen.items() if k != "values"}, **asdict(stats),
                  runs=[{"gamma0": r["gamma0"], "val_error": r["val_error"]} for r in results],
                  budget=budget)
         ctx.say(f"  fixed {stats.weights:,} weights to {stats.unique} values network-wide, "
@@ -268,11 +270,11 @@ class _Run:
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
         rounds = len(p.schedule)
-        options = RetrainOptions(p.epochs, p.lr, p.batch, p.tau, p.beta, self.loss, p.threads)
+        options = RetrainOptions(p.epochs, p.lr, p.batch, p.tau, p.beta, self.loss, p.threads, p.weight_decay)
         for t in range(len(history), rounds):
             share = p.schedule[t]
             target = int(round(share * flat.size))
-            fix_round(flat, fixed, target, threshold(t, rounds, p.delta, share), gamma0, p.order)
+            fix_round(flat, fixed, target, threshold(t, rounds, p.delta), gamma0, p.order, force_rest=share >= 1.0)
             row = {"round": t + 1, "target_share": share}
             if p.epochs > 0 and not fixed.all():
                 centres = np.union1d(candidates(gamma0, float(np.abs(flat).max()), 0), flat[fixed])

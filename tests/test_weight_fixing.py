@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -28,12 +26,12 @@ def test_power_terms_counts_the_powers_of_two_a_value_sums():
                                   [0, 1, 1, 2, 2, 3, 2])
 
 
-def test_threshold_shrinks_to_delta_and_the_last_round_has_none():
+def test_threshold_shrinks_to_delta():
     rounds = len(PAPER_SCHEDULE)
-    limits = [threshold(t, rounds, 0.015, s) for t, s in enumerate(PAPER_SCHEDULE)]
-    assert limits[0] == pytest.approx(0.015 * 9) and limits[7] == pytest.approx(0.015 * 2) and limits[8] == pytest.approx(0.015)
-    assert all(a >= b for a, b in zip(limits[:-1], limits[1:-1]))
-    assert math.isinf(limits[-1])
+    limits = [threshold(t, rounds, 0.015) for t in range(rounds)]
+    assert limits[0] == pytest.approx(0.015 * 9) and limits[7] == pytest.approx(0.015 * 2)
+    assert limits[8] == limits[9] == pytest.approx(0.015)
+    assert all(a >= b for a, b in zip(limits, limits[1:]))
 
 
 def test_a_round_fixes_its_share_onto_centres_and_leaves_free_weights_alone():
@@ -63,14 +61,23 @@ def test_tiny_weights_go_to_zero_smallest_first_when_the_target_is_short():
     np.testing.assert_array_equal(w, np.array([0.0, -0.02, 0.0, 0.5, -0.25], np.float32))
 
 
-def test_a_tight_threshold_stalls_short_of_the_target_and_none_fixes_everything():
+def test_a_tight_threshold_stalls_short_of_the_target_and_the_last_round_forces_the_rest():
     rng = np.random.default_rng(1)
     w = rng.uniform(0.1, 0.9, 2000).astype(np.float32)  # far from powers of two on average
+    start = w.copy()
     fixed = np.zeros(w.size, bool)
     fix_round(w, fixed, 1900, 0.001, 2.0**-5, 0)
     assert 0 < fixed.sum() < 1900
-    fix_round(w, fixed, w.size, math.inf, 2.0**-5, 0)
-    assert fixed.all() and np.isin(w, candidates(2.0**-5, 0.9, 0)).all()
+    fix_round(w, fixed, w.size, 0.001, 2.0**-5, 0, force_rest=True)
+    centres = candidates(2.0**-5, 0.9, 0)
+    assert fixed.all() and np.isin(w, centres).all()
+    nearest = centres[np.abs(start[:, None] - centres[None, :]).argmin(axis=1)]
+    np.testing.assert_array_equal(w, nearest)  # order 0: each on its nearest power of two
+    # With order 1 the forced rest lands on the finer grid of sums of two powers.
+    w1, fixed1 = start.copy(), np.zeros(w.size, bool)
+    fix_round(w1, fixed1, w.size, 0.001, 2.0**-5, 1, force_rest=True)
+    assert fixed1.all() and np.isin(w1, candidates(2.0**-5, 0.9, 1)).all()
+    assert np.abs(w1 - start).mean() < np.abs(w - start).mean()
 
 
 def test_order_one_uses_sums_of_two_powers_only_where_single_powers_do_not_fit():
