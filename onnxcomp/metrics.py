@@ -77,3 +77,19 @@ def disagreement(session_a: Any, session_b: Any, split: Split) -> float:
     """Fraction of samples whose arg-max predictions differ anywhere (no labels needed)."""
     a, b = argmax_predictions(session_a, split), argmax_predictions(session_b, split)
     return float(np.mean(np.any(a != b, axis=1)))
+
+
+def error_budget(max_error: float | None, max_error_increase: float | None, val: Split | None,
+                 original_session: Any) -> float | None:
+    """The validation error a training pass may end at: ``--max-error`` as given, or the original
+    model's val error plus ``--max-error-increase`` (without labels: the share of changed
+    predictions allowed). None without a budget."""
+    if max_error is None and max_error_increase is None:
+        return None
+    if val is None:
+        raise DataError("an error budget needs a validation split in --data")
+    if max_error is not None:
+        return max_error
+    if val.labels is None:
+        return max_error_increase  # measured as disagreement with the original model
+    return evaluate_session(original_session, val) + max_error_increase

@@ -24,6 +24,7 @@ import onnx_ir as ir
 
 from onnxcomp.errors import DataError, PassError, PipelineError
 from onnxcomp.finetune import LOSSES, EprTrainer, Teacher, TrainOptions, TrainResult
+from onnxcomp.metrics import error_budget
 from onnxcomp.model_io import to_proto, write_bytes_atomic
 from onnxcomp.pass_base import CompressionPass, register_pass
 from onnxcomp.passes.epr_reparam import EprSpec
@@ -124,18 +125,7 @@ class FinetunePass(CompressionPass):
 
     def _budget(self, teacher: Teacher) -> float | None:
         ctx = self.context
-        if ctx.max_error is None and ctx.max_error_increase is None:
-            return None
-        val = ctx.data.val
-        if val is None:
-            raise DataError("an error budget needs a validation split in --data")
-        if ctx.max_error is not None:
-            return ctx.max_error
-        if val.labels is None:
-            return ctx.max_error_increase  # measured as disagreement with the original model
-        from onnxcomp.metrics import evaluate_session
-
-        return evaluate_session(teacher.session, val) + ctx.max_error_increase
+        return error_budget(ctx.max_error, ctx.max_error_increase, ctx.data.val, teacher.session)
 
     def _train(self, proto, spec: EprSpec, teacher: Teacher, lam: float, work_dir: Path) -> TrainResult:
         ctx = self.context

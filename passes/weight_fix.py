@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -37,6 +36,7 @@ import onnx_ir as ir
 from onnxcomp.errors import DataError, PassError, PipelineError
 from onnxcomp.finetune import LOSSES, Teacher, check_labels
 from onnxcomp.irutil import all_names, new_initializer, unique_name
+from onnxcomp.metrics import error_budget
 from onnxcomp.model_io import to_proto, write_bytes_atomic
 from onnxcomp.pass_base import CompressionPass, register_pass
 from onnxcomp.passes.epr_reparam import EprSpec
@@ -213,17 +213,8 @@ class _Run:
 
     def budget(self) -> float | None:
         ctx = self.p.context
-        if ctx.max_error is None and ctx.max_error_increase is None:
-            return None
-        if self.data is None or self.data.val is None:
-            raise DataError("an error budget needs a validation split in --data")
-        if ctx.max_error is not None:
-            return ctx.max_error
-        if self.data.val.labels is None:
-            return ctx.max_error_increase  # measured as disagreement with the original model
-        from onnxcomp.metrics import evaluate_session
-
-        return evaluate_session(self.teacher.session, self.data.val) + ctx.max_error_increase
+        val = self.data.val if self.data is not None else None
+        return error_budget(ctx.max_error, ctx.max_error_increase, val, self.teacher.session if self.teacher else None)
 
     def val_error(self, values: dict[str, np.ndarray]) -> float | None:
         if self.data is None or self.data.val is None:
