@@ -12,8 +12,8 @@ with one float32 codebook for the whole network, so ``pack`` entropy-codes the i
 entropy (not log2 of the codebook size) and the runtime rebuilds W with EntropyDecode -> Gather.
 
 With an error budget (``--max-error`` / ``--max-error-increase``, on the validation split) a run
-that ends over budget is repeated with gamma0 halved (fewer weights forced to zero), up to
-``search_runs`` runs; the first within budget is kept, else the most accurate. State is saved after
+that ends over budget is repeated with finer centres (order + 1) or fewer zeros (gamma0 halved),
+alternating, up to ``search_runs`` runs; the first within budget is kept, else the most accurate. State is saved after
 every round in ``<output>.train/weight-fix/``: ``--resume`` continues at the next round and ends
 with the same bytes.
 """
@@ -45,6 +45,7 @@ from onnxcomp.weights import find_weights
 from onnxcomp.wfn_training import RetrainOptions, retrain_round
 
 CODEBOOK = "onnxcomp.codebook"
+MAX_ORDER = 2  # sums of up to three powers of two
 
 
 @register_pass
@@ -66,7 +67,7 @@ class WeightFixPass(CompressionPass):
     loss: str = field(default="auto", metadata={"help": "ce (labels), distill (the original model's outputs), auto = ce when the data has labels"})
     batchnorm: bool = field(default=False, metadata={"help": "also fix BatchNormalization scales/shifts that normalize did not fold"})
     threads: int = field(default=1, metadata={"help": "ORT threads; results are reproducible for a fixed count (0 = all cores)"})
-    search_runs: int = field(default=3, metadata={"help": "with an error budget: runs tried, halving gamma0 after each over budget"})
+    search_runs: int = field(default=3, metadata={"help": "with an error budget: runs tried; after one over budget, order + 1 and gamma0 / 2 alternate"})
 
     def validate_options(self) -> None:
         def bad(option: str, value, want: str) -> PipelineError:
@@ -86,7 +87,7 @@ class WeightFixPass(CompressionPass):
             raise bad("delta", self.delta, "> 0")
         if not 0 < self.gamma0 < 1:
             raise bad("gamma0", self.gamma0, "in (0, 1)")
-        if not 0 <= self.order <= 2:
+        if not 0 <= self.order <= MAX_ORDER:
             raise bad("order", self.order, "0, 1 or 2")
         if not self.epochs >= 0:
             raise bad("epochs", self.epochs, ">= 0")
@@ -124,32 +125,37 @@ class WeightFixPass(CompressionPass):
         run = _Run(self, proto, start)
         try:
             budget = run.budget()
-            gamma0, results = self.gamma0, []
+            gamma0, order, results = self.gamma0, self.order, []
             for _ in range(self.search_runs if budget is not None else 1):
-                result = run.fix(gamma0, f"gamma0-{gamma0:g}")
+                result = run.fix(gamma0, order, f"gamma0-{gamma0:g}-order-{order}")
                 results.append(result)
                 if budget is None:
                     break
                 ok = result["val_error"] <= budget
-                ctx.say(f"  gamma0 {gamma0:g}: val error {100 * result['val_error']:.2f}% "
+                ctx.say(f"  gamma0 {gamma0:g}, order {order}: val error {100 * result['val_error']:.2f}% "
                         f"{'within' if ok else 'over'} the budget {100 * budget:.2f}%")
                 if ok:
                     break
-                gamma0 /= 2
+                # Finer centres first (measured: cheaper in entropy than more nonzero weights),
+                # then fewer zeros, alternating while the order can still grow.
+                if order < MAX_ORDER and (len(results) == 1 or results[-2]["order"] == order):
+                    order += 1
+                else:
+                    gamma0 /= 2
         finally:
             if run.owned_dir is not None:
                 shutil.rmtree(run.owned_dir, ignore_errors=True)
         chosen = results[-1]
         if budget is not None and chosen["val_error"] > budget:
             chosen = min(results, key=lambda r: r["val_error"])
-            ctx.log.append(f"weight-fix: no gamma0 met the error budget {100 * budget:.2f}%; kept gamma0 "
-                           f"{chosen['gamma0']:g} (val error {100 * chosen['val_error']:.2f}%)")
+            ctx.log.append(f"weight-fix: no run met the error budget {100 * budget:.2f}%; kept gamma0 "
+                           f"{chosen['gamma0']:g}, order {chosen['order']} (val error {100 * chosen['val_error']:.2f}%)")
             ctx.say(ctx.log[-1])
         stats = rewrite_to_codebook(model, chosen["values"])
         for n in names:
             ctx.note(n, method="wfn")
         ctx.note("__wfn__", **{k: v for k, v in chosen.items() if k != "values"}, **asdict(stats),
-                 runs=[{"gamma0": r["gamma0"], "val_error": r["val_error"]} for r in results],
+                 runs=[{"gamma0": r["gamma0"], "order": r["order"], "val_error": r["val_error"]} for r in results],
                  budget=budget)
         ctx.say(f"  fixed {stats.weights:,} weights to {stats.unique} values network-wide, "
                 f"{stats.entropy_bits:.3f} bits/weight pooled entropy ({100 * stats.zeros:.1f}% zeros)")
@@ -230,10 +236,10 @@ class _Run:
             return evaluate_session(session, self.data.val)
         return disagreement(self.teacher.session, session, self.data.val)
 
-    def fingerprint(self, gamma0: float) -> str:
+    def fingerprint(self, gamma0: float, order: int) -> str:
         digest = hashlib.sha256(self.proto.SerializeToString())
         options = {f.name: getattr(self.p, f.name) for f in self.p.options() if f.name != "search_runs"}
-        options["gamma0"] = gamma0
+        options["gamma0"], options["order"] = gamma0, order
         digest.update(json.dumps([options, self.p.context.seed, self.loss], sort_keys=True, default=str).encode())
         if self.data is not None and self.data.train is not None:
             train = self.data.train
@@ -241,11 +247,11 @@ class _Run:
                 digest.update(np.ascontiguousarray(array[:: max(1, len(array) // 64)]).tobytes())
         return digest.hexdigest()
 
-    def fix(self, gamma0: float, tag: str) -> dict:
-        """One full weight-fixing run at ``gamma0``: every round, resumable per round."""
+    def fix(self, gamma0: float, order: int, tag: str) -> dict:
+        """One full weight-fixing run at ``gamma0`` and ``order``: every round, resumable per round."""
         p, ctx = self.p, self.p.context
         work = self.root / tag
-        fingerprint = self.fingerprint(gamma0)
+        fingerprint = self.fingerprint(gamma0, order)
         flat = np.concatenate([self.start[n].ravel() for n in self.names]).astype(np.float32)
         fixed = np.zeros(flat.size, bool)
         history: list[dict] = []
@@ -265,7 +271,7 @@ class _Run:
         for t in range(len(history), rounds):
             share = p.schedule[t]
             target = int(round(share * flat.size))
-            fix_round(flat, fixed, target, threshold(t, rounds, p.delta), gamma0, p.order, force_rest=share >= 1.0)
+            fix_round(flat, fixed, target, threshold(t, rounds, p.delta), gamma0, order, force_rest=share >= 1.0)
             row = {"round": t + 1, "target_share": share}
             if p.epochs > 0 and not fixed.all():
                 centres = np.union1d(candidates(gamma0, float(np.abs(flat).max()), 0), flat[fixed])
@@ -292,7 +298,7 @@ class _Run:
         values = self._split(flat)
         val = history[-1].get("val_error") if history else None
         return {"gamma0": gamma0, "values": values, "val_error": val, "history": history,
-                "schedule": list(p.schedule), "delta": p.delta, "order": p.order, "loss": self.loss,
+                "schedule": list(p.schedule), "delta": p.delta, "order": order, "loss": self.loss,
                 "wall_s": history[-1]["elapsed_s"] if history else 0.0}
 
     def _split(self, flat: np.ndarray) -> dict[str, np.ndarray]:

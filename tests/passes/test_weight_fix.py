@@ -136,13 +136,17 @@ def test_same_seed_same_bytes_and_resume_after_an_interrupted_round(mlp, digits,
     assert (tmp_path / "c.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
 
 
-def test_error_budget_halves_gamma0_and_keeps_the_most_accurate_when_none_fits(mlp, digits, tmp_path):
-    report = compress_quiet(mlp, tmp_path / "out.onnx", "normalize,weight-fix{schedule=0.5:1 epochs=0.5 search_runs=2},pack",
+def test_error_budget_refines_order_and_gamma0_and_keeps_the_most_accurate_when_none_fits(mlp, digits, tmp_path):
+    report = compress_quiet(mlp, tmp_path / "out.onnx", "normalize,weight-fix{schedule=0.5:1 epochs=0.5 search_runs=4},pack",
                             data=digits, max_error=0.0)
     runs = report["weight_fixing"]["runs"]
-    assert [r["gamma0"] for r in runs] == [2.0**-5, 2.0**-6]
-    assert report["weight_fixing"]["gamma0"] == min(runs, key=lambda r: r["val_error"])["gamma0"]
-    assert any("no gamma0 met the error budget" in line for line in report["notes"])
+    assert [(r["gamma0"], r["order"]) for r in runs] == [(2.0**-5, 0), (2.0**-5, 1), (2.0**-6, 1), (2.0**-6, 2)]
+    best = min(runs, key=lambda r: r["val_error"])
+    assert (report["weight_fixing"]["gamma0"], report["weight_fixing"]["order"]) == (best["gamma0"], best["order"])
+    assert any("no run met the error budget" in line for line in report["notes"])
+    within = compress_quiet(mlp, tmp_path / "easy.onnx", "normalize,weight-fix{schedule=0.5:1 epochs=0.5},pack",
+                            data=digits, max_error=0.99)
+    assert len(within["weight_fixing"]["runs"]) == 1 and within["weight_fixing"]["budget"] == 0.99
 
 
 def test_distillation_without_labels_and_data_free_fixing(mlp, tmp_path):
