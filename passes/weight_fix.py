@@ -67,6 +67,7 @@ class WeightFixPass(CompressionPass):
     loss: str = field(default="auto", metadata={"help": "ce (labels), distill (the original model's outputs), auto = ce when the data has labels"})
     batchnorm: bool = field(default=False, metadata={"help": "also fix BatchNormalization scales/shifts that normalize did not fold"})
     threads: int = field(default=1, metadata={"help": "ORT threads; results are reproducible for a fixed count (0 = all cores)"})
+    fill: bool = field(default=True, metadata={"help": "every round fixes its full share: what no centre takes within the threshold goes to its nearest centre and is retrained around (false: only the last round forces)"})
     search_runs: int = field(default=3, metadata={"help": "with an error budget: runs tried; after one over budget, order + 1 and gamma0 / 2 alternate"})
 
     def validate_options(self) -> None:
@@ -271,7 +272,7 @@ class _Run:
         for t in range(len(history), rounds):
             share = p.schedule[t]
             target = int(round(share * flat.size))
-            fix_round(flat, fixed, target, threshold(t, rounds, p.delta), gamma0, order, force_rest=share >= 1.0)
+            fix_round(flat, fixed, target, threshold(t, rounds, p.delta), gamma0, order, force_rest=p.fill or share >= 1.0)
             row = {"round": t + 1, "target_share": share}
             if p.epochs > 0 and not fixed.all():
                 centres = np.union1d(candidates(gamma0, float(np.abs(flat).max()), 0), flat[fixed])
