@@ -275,6 +275,8 @@ class _Run:
             fix_round(flat, fixed, target, threshold(t, rounds, p.delta), gamma0, order, force_rest=p.fill or share >= 1.0)
             row = {"round": t + 1, "target_share": share}
             if p.epochs > 0 and not fixed.all():
+                # The regularizer pulls free weights toward the powers of two and every value
+                # already in use (sums of powers once order > 0 has placed some).
                 centres = np.union1d(candidates(gamma0, float(np.abs(flat).max()), 0), flat[fixed])
                 result = retrain_round(self.proto, self._split(flat), self._split(fixed), centres, self.data.train,
                                        self.teacher, options, seed=ctx.seed, round_index=t, output_rank=self.output_rank)

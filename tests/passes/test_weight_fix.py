@@ -66,6 +66,9 @@ def test_every_weight_lands_on_one_shared_power_of_two_codebook(mlp, digits, tmp
     assert 8 * report["payload_bytes"] / report["params"] < np.log2(wfn["unique"])
     assert report["metrics"]["val_error"] <= report["metrics"]["val_error_original"] + 0.05
     assert {t["method"] for t in report["tensors"]} == {"wfn"}
+    # the 10-value bias is cheaper raw: int8 indices, read by Gather through a Cast to int32
+    assert next(t for t in report["tensors"] if t["name"] == "b2")["codec"] == "raw-int8"
+    assert any(n.op_type == "Cast" and n.input[0] == "b2.idx.raw" for n in packed.graph.node)
     assert not (tmp_path / "out.onnx.train").exists()
 
 
