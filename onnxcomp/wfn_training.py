@@ -23,7 +23,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -129,8 +128,7 @@ class RoundResult:
 
 def retrain_round(model: onnx.ModelProto, values: dict[str, np.ndarray], fixed: dict[str, np.ndarray],
                   centres: np.ndarray, train: Split, teacher: Teacher, options: RetrainOptions, *,
-                  seed: int, round_index: int, output_rank: int,
-                  say: Callable[[str], None] = lambda s: None) -> RoundResult:
+                  seed: int, round_index: int, output_rank: int) -> RoundResult:
     """Train the free weights for ``options.epochs`` epochs; returns their new values."""
     use_reg = options.beta > 0 and any((~f).any() for f in fixed.values())
     graph = masked_graph(model, values, fixed, centres, options.tau, use_reg)
