@@ -43,7 +43,8 @@ EPR_LENET_300_100_FASHION=("epr")
 WFN_LENET_300_100=("wfn" "normalize,weight-fix{gamma0=0.045},pack" "wfn --max-error-increase 0.001")
 WFN_LENET5_CAFFE=("wfn" "normalize,weight-fix{gamma0=0.045},pack")
 WFN_LENET_300_100_FASHION=("wfn" "normalize,weight-fix{order=1 delta=0.0075},pack"
-                           "normalize,weight-fix{order=1 delta=0.0075 gamma0=0.015625},pack")
+                           "normalize,weight-fix{order=1 delta=0.0075 gamma0=0.015625},pack"
+                           "normalize,weight-fix{order=1 delta=0.0075 gamma0=0.015625 loss=distill},pack")
 # The optional `curve` step: bench/epr_curve.py per model, one `onnxcomp compress` per lambda of
 # normalize,epr-reparam{CURVE_EPR_OPTIONS},finetune{lambda=L epochs=CURVE_EPOCHS CURVE_FINETUNE_OPTIONS},pack
 CURVE_MODELS=(lenet-300-100)  # LeNet5-Caffe's points are its EPR rows (a training there takes ~15 min)
