@@ -98,5 +98,5 @@ def test_wfn_preset_on_lenet_300_100_is_lossless_with_few_values(tmp_path):
     wfn = report["weight_fixing"]
     assert wfn["unique"] <= 16 and wfn["entropy_bits"] <= 2.0 and wfn["power_of_two"] == 1.0
     assert test_error(out) <= test_error(src) + 0.001
-    assert report["metrics"]["val_error"] == wfn["history"][-1]["val_error"]
+    assert report["metrics"]["val_error"] == pytest.approx(wfn["history"][-1]["val_error"], abs=0.0005)
     assert report["bits_per_param"] < 2.0
