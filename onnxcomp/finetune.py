@@ -158,6 +158,35 @@ def check_labels(split: Split, which: str, probe: np.ndarray) -> None:
                         f"the model has {classes} classes (0..{classes - 1})")
 
 
+def resolve_loss(loss: str, train: Split, teacher: Teacher, who: str) -> tuple[str, np.ndarray]:
+    """``loss`` with "auto" resolved (ce when the train split has labels, else distill), checked
+    against the model's output, and that output for two samples (the probe: [2, classes, ...])."""
+    resolved = loss if loss != "auto" else ("ce" if train.labels is not None else "distill")
+    probe = teacher.logits(train.take(slice(0, 2)).inputs)
+    if probe.ndim < 2:
+        raise DataError(f"model output of shape {probe.shape} has no class axis: {who}'s losses need [N, classes, ...]")
+    if resolved == "ce":
+        check_labels(train, "train", probe)
+    return resolved, probe
+
+
+def task_feed(batch: Split, loss: str, teacher: Teacher, temperature: float) -> dict[str, np.ndarray]:
+    """A batch's inputs plus the task loss's targets: labels (ce) or the teacher's soft outputs."""
+    feed = dict(batch.inputs)
+    if loss == "ce":
+        feed[LABELS_INPUT] = batch.labels.astype(np.int64)
+    else:
+        feed[TEACHER_INPUT] = softmax(teacher.logits(batch.inputs), temperature)
+    return feed
+
+
+def hash_split(digest, split: Split) -> None:
+    """Feed a sample of ``split`` (every len/64-th row of each array) to a hashlib digest: enough
+    for a resume fingerprint to tell data sets apart without hashing all of them."""
+    for array in (*split.inputs.values(), *(() if split.labels is None else (split.labels,))):
+        digest.update(np.ascontiguousarray(array[:: max(1, len(array) // 64)]).tobytes())
+
+
 class Teacher:
     """The original model, run by onnxruntime: soft targets for distillation, reference predictions."""
 
@@ -180,21 +209,15 @@ class EprTrainer:
                  seed: int, work_dir: Path, teacher: Teacher, say: Callable[[str], None], progress: bool) -> None:
         self.spec, self.train, self.val, self.o = spec, train, val, options
         self.seed, self.work_dir, self.teacher, self.say, self.progress = seed, Path(work_dir), teacher, say, progress
-        self.loss = options.loss if options.loss != "auto" else ("ce" if train.labels is not None else "distill")
-        probe = teacher.logits(train.take(slice(0, 2)).inputs)
-        if probe.ndim < 2:
-            raise DataError(f"model output of shape {probe.shape} has no class axis: finetune's losses need [N, classes, ...]")
+        self.loss, probe = resolve_loss(options.loss, train, teacher, "finetune")
         self.output_shape = probe.shape[1:]  # per sample: [classes, ...]
-        if self.loss == "ce":
-            check_labels(train, "train", probe)
         self.graph = loss_graph(model, spec.rate_output, spec.num_params, self.loss, options.temperature, probe.ndim)
         self.steps_per_epoch = math.ceil(len(train) / options.batch)
         self.total_steps = max(1, round(options.epochs * self.steps_per_epoch))
         # What a checkpoint must match to be resumed: the graph, the data, the seed, the options.
         digest = hashlib.sha256(self.graph.SerializeToString())
         digest.update(json.dumps([asdict(options), seed, len(train)], sort_keys=True).encode())
-        for array in (*train.inputs.values(), *(() if train.labels is None else (train.labels,))):
-            digest.update(np.ascontiguousarray(array[:: max(1, len(array) // 64)]).tobytes())
+        hash_split(digest, train)
         self.fingerprint = digest.hexdigest()
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -280,11 +303,7 @@ class EprTrainer:
         return TrainResult(params, history, val, session.steps, step_seconds, self.loss)
 
     def _feed(self, batch: Split, lam: float, noise: np.ndarray) -> dict[str, np.ndarray]:
-        feed = dict(batch.inputs)
-        if self.loss == "ce":
-            feed[LABELS_INPUT] = batch.labels.astype(np.int64)
-        else:
-            feed[TEACHER_INPUT] = softmax(self.teacher.logits(batch.inputs), self.o.temperature)
+        feed = task_feed(batch, self.loss, self.teacher, self.o.temperature)
         feed[LAMBDA_INPUT] = np.float32(lam)
         feed[self.spec.noise_input] = noise
         return feed

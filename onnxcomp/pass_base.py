@@ -58,6 +58,10 @@ class CompressionPass(ir.passes.InPlacePass):
     def validate_options(self) -> None:
         """Raise PipelineError naming the option when a value is out of range."""
 
+    def option_error(self, option: str, value: Any, want: str) -> PipelineError:
+        """The error ``validate_options`` raises: "pass 'NAME': option OPTION=VALUE must be WANT"."""
+        return PipelineError(f"pass {self.name!r}: option {option}={value} must be {want}")
+
     @classmethod
     def options(cls) -> list[dataclasses.Field]:
         return [f for f in dataclasses.fields(cls) if f.init]

@@ -29,8 +29,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcomp.data import Split, batches
-from onnxcomp.errors import DataError, TrainingError
-from onnxcomp.finetune import LABELS_INPUT, LAMBDA_INPUT, TEACHER_INPUT, Teacher, loss_graph, softmax
+from onnxcomp.errors import TrainingError
+from onnxcomp.finetune import LAMBDA_INPUT, Teacher, loss_graph, task_feed
 from onnxcomp.ort_training import TrainingSession, generate_artifacts
 
 REG_OUTPUT = "onnxcomp.wfn.regularizer"
@@ -148,7 +148,7 @@ def retrain_round(model: onnx.ModelProto, values: dict[str, np.ndarray], fixed: 
                 if session.steps >= total:
                     break
                 start = time.perf_counter()
-                feed = _feed(batch, teacher, options.loss)
+                feed = task_feed(batch, options.loss, teacher, 1.0)
                 if reg_weight is None:  # first step: scale from a forward pass at the start values
                     feed[LAMBDA_INPUT] = np.float32(0.0)
                     _, task0, reg0, _ = session.eval(feed)
@@ -172,14 +172,3 @@ def retrain_round(model: onnx.ModelProto, values: dict[str, np.ndarray], fixed: 
 
 def _reg_weight(beta: float, task: float, reg: float) -> float:
     return 0.0 if beta <= 0 or reg <= 1e-12 else beta * task / reg
-
-
-def _feed(batch: Split, teacher: Teacher, loss: str) -> dict[str, np.ndarray]:
-    feed = dict(batch.inputs)
-    if loss == "ce":
-        if batch.labels is None:
-            raise DataError("weight-fix loss 'ce' needs labels (use loss=distill)")
-        feed[LABELS_INPUT] = batch.labels.astype(np.int64)
-    else:
-        feed[TEACHER_INPUT] = softmax(teacher.logits(batch.inputs), 1.0)
-    return feed

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.errors import DataError, PassError, PipelineError
+from onnxcomp.errors import DataError, PassError
 from onnxcomp.finetune import LOSSES, EprTrainer, Teacher, TrainOptions, TrainResult
 from onnxcomp.metrics import error_budget
 from onnxcomp.model_io import to_proto, write_bytes_atomic
@@ -51,9 +51,7 @@ class FinetunePass(CompressionPass):
     search_factor: float = field(default=3.0, metadata={"help": "with an error budget: lambda step while only one side of the budget is known"})
 
     def validate_options(self) -> None:
-        def bad(option: str, value, want: str) -> PipelineError:
-            return PipelineError(f"pass 'finetune': option {option}={value} must be {want}")
-
+        bad = self.option_error
         if not self.epochs > 0:
             raise bad("epochs", self.epochs, "> 0")
         if not self.lam >= 0:

@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp.errors import DataError, PassError, PipelineError
-from onnxcomp.finetune import LOSSES, Teacher, check_labels
+from onnxcomp.errors import DataError, PassError
+from onnxcomp.finetune import LOSSES, Teacher, hash_split, resolve_loss
 from onnxcomp.irutil import all_names, new_initializer, unique_name
 from onnxcomp.metrics import error_budget
 from onnxcomp.model_io import to_proto, write_bytes_atomic
@@ -71,9 +71,7 @@ class WeightFixPass(CompressionPass):
     search_runs: int = field(default=3, metadata={"help": "with an error budget: runs tried; after one over budget, order + 1 and gamma0 / 2 alternate"})
 
     def validate_options(self) -> None:
-        def bad(option: str, value, want: str) -> PipelineError:
-            return PipelineError(f"pass 'weight-fix': option {option}={value} must be {want}")
-
+        bad = self.option_error
         s = self.schedule
         text = ":".join(f"{x:g}" for x in s)
         if not s:
@@ -200,14 +198,8 @@ class _Run:
         self.loss = p.loss
         self.output_rank = 2
         if self.data is not None and self.data.train is not None and self.teacher is not None:
-            probe = self.teacher.logits(self.data.train.take(slice(0, 2)).inputs)
-            if probe.ndim < 2:
-                raise DataError(f"model output of shape {probe.shape} has no class axis: weight-fix's losses need [N, classes, ...]")
+            self.loss, probe = resolve_loss(p.loss, self.data.train, self.teacher, "weight-fix")
             self.output_rank = probe.ndim
-            if self.loss == "auto":
-                self.loss = "ce" if self.data.train.labels is not None else "distill"
-            if self.loss == "ce":
-                check_labels(self.data.train, "train", probe)
         elif p.epochs > 0:
             raise PassError("weight-fix: the compile context has no original model (the teacher and error baseline)")
         # Under compile, state lives in <output>.train/ (removed once the output is written);
@@ -243,9 +235,7 @@ class _Run:
         options["gamma0"], options["order"] = gamma0, order
         digest.update(json.dumps([options, self.p.context.seed, self.loss], sort_keys=True, default=str).encode())
         if self.data is not None and self.data.train is not None:
-            train = self.data.train
-            for array in (*train.inputs.values(), *(() if train.labels is None else (train.labels,))):
-                digest.update(np.ascontiguousarray(array[:: max(1, len(array) // 64)]).tobytes())
+            hash_split(digest, self.data.train)
         return digest.hexdigest()
 
     def fix(self, gamma0: float, order: int, tag: str) -> dict:

@@ -13,21 +13,9 @@ from onnxcomp.compile import compress
 from onnxcomp.errors import DataError, PassError, TrainingError
 from onnxcomp.ort_training import TrainingSession
 from onnxcomp.pipeline import parse_pipeline
-from tests.conftest import make_model, mnist_npz, tiny_mlp
+from tests.conftest import make_model, mnist_npz
 
 FAST = "normalize,epr-reparam{prior=logistic},finetune{epochs=2 lambda=10 lr=0.005 checkpoint_every=3},pack"
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return mnist_npz(tmp_path_factory.mktemp("data") / "digits.npz", "x", (64,), pool=4)
-
-
-@pytest.fixture
-def mlp(tmp_path):
-    path = tmp_path / "mlp.onnx"
-    onnx.save(tiny_mlp(), path)
-    return path
 
 
 def compress_quiet(src, out, pipeline=FAST, **kw):

@@ -23,18 +23,6 @@ from tests.conftest import make_model, mnist_npz, run, tiny_cnn, tiny_mlp
 FAST = "normalize,weight-fix{schedule=0.5:0.8:0.95:1 epochs=1 lr=0.001},pack"
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return mnist_npz(tmp_path_factory.mktemp("data") / "digits.npz", "x", (64,), pool=4)
-
-
-@pytest.fixture
-def mlp(tmp_path):
-    path = tmp_path / "mlp.onnx"
-    onnx.save(tiny_mlp(), path)
-    return path
-
-
 def compress_quiet(src, out, pipeline=FAST, **kw):
     return compress(src, out, pipeline, progress=False, **kw)
 
