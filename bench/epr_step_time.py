@@ -10,10 +10,10 @@ time of one eval-graph forward on the same batch, and the graph sizes:
   initializer trainable.
 - epr logistic / epr factorized: built exactly as `onnxcomp compress -p epr` builds them:
   `parse_pipeline("normalize,epr-reparam{prior=...}")` on the model (onnx-ir), then
-  `onnxcomp.finetune.loss_graph(...)` (loss "ce"), `generate_artifacts(graph, spec.trainable, [])`
+  `onnxcomp.training.losses.loss_graph(...)` (loss "ce"), `generate_artifacts(graph, spec.trainable, [])`
   and `TrainingSession(lr=1e-3, threads=1)`, fed `onnxcomp.noise` (fresh U(-1/2, 1/2) of
   `noise_at(seed, step)` each step), `onnxcomp.lambda` and `onnxcomp.labels` as
-  onnxcomp/finetune.py does. Like finetune.py, the timed region is `session.step(feed)` alone:
+  passes/epr/trainer.py does. Like the trainer, the timed region is `session.step(feed)` alone:
   making the noise (`noise_ms`) and setting the learning rate happen before it.
 
 Nodes: `nodes` = nodes of the graph handed to generate_artifacts (model + loss); `training_nodes`
@@ -119,7 +119,7 @@ def count_nodes(path: Path) -> int:
 
 def plain_row(path: str, args, x: np.ndarray, y: np.ndarray, tmp: Path) -> dict:
     from onnxcomp.models.lenet import LABELS, with_training_loss
-    from onnxcomp.ort_training import TrainingSession, generate_artifacts
+    from onnxcomp.training.session import TrainingSession, generate_artifacts
 
     model = onnx.load(path)
     name, _ = data_input(model)
@@ -139,12 +139,13 @@ def plain_row(path: str, args, x: np.ndarray, y: np.ndarray, tmp: Path) -> dict:
 
 
 def epr_row(path: str, prior: str, args, x: np.ndarray, y: np.ndarray, tmp: Path) -> dict:
-    from onnxcomp.finetune import LABELS_INPUT, LAMBDA_INPUT, loss_graph, noise_at
     from onnxcomp.model_io import load_model, to_proto
-    from onnxcomp.ort_training import TrainingSession, generate_artifacts
     from onnxcomp.pass_base import CompileContext
-    from onnxcomp.passes.epr_reparam import EprSpec
+    from onnxcomp.passes.epr.form import EprSpec
+    from onnxcomp.passes.epr.trainer import noise_at
     from onnxcomp.pipeline import parse_pipeline
+    from onnxcomp.training.losses import LABELS_INPUT, LAMBDA_INPUT, TaskLoss, loss_graph
+    from onnxcomp.training.session import TrainingSession, generate_artifacts
 
     pipeline = f"normalize,epr-reparam{{prior={prior}{(' ' + args.epr_options) if args.epr_options else ''}}}"
     model = load_model(path)
@@ -157,8 +158,9 @@ def epr_row(path: str, prior: str, args, x: np.ndarray, y: np.ndarray, tmp: Path
     spec = EprSpec.from_model(model)
     proto = to_proto(model)
     name, _ = data_input(original)
-    rank = len(original.graph.output[0].type.tensor_type.shape.dim)  # EprTrainer probes it from the logits
-    graph = loss_graph(proto, spec.rate_output, spec.num_params, "ce", 1.0, rank)
+    # EprTrainer probes the output shape from the logits; the LeNets' is [N, 10]
+    dims = original.graph.output[0].type.tensor_type.shape.dim
+    graph = loss_graph(proto, spec.rate_output, spec.num_params, TaskLoss("ce", tuple(d.dim_value for d in dims[1:]), 1))
     t = time.perf_counter()
     art = generate_artifacts(graph, spec.trainable, [], tmp / f"epr-{prior}")
     art_s = time.perf_counter() - t

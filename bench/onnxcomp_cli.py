@@ -38,7 +38,7 @@ def cli_command() -> list[str]:
         return [sys.executable, "-c", "import sys; from onnxcomp.cli import main; sys.exit(main())"]
     raise CompilerUnavailable(
         f"onnxcomp CLI not importable from {sys.executable}: neither onnxcomp.__main__ nor "
-        "onnxcomp.cli exists yet (run in /work/main/.venv after `pip install -e .`)")
+        "onnxcomp.cli exists yet (run in the project's .venv after `make setup`)")
 
 
 def _run_echoing(cmd: list[str], echo: bool) -> tuple[int, str]:

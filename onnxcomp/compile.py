@@ -34,13 +34,6 @@ def load_compile_data(spec: str, model_proto) -> Any:
     return Data(data.spec, data.train, data.val, None)
 
 
-def validation_error(model_bytes: bytes, split) -> float:
-    import onnxcomp.runtime as rt
-    from onnxcomp.metrics import evaluate_session
-
-    return evaluate_session(rt.InferenceSession(model_bytes), split)
-
-
 def compress(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -67,7 +60,6 @@ def compress(
             raise DataError(f"{flag} needs --data (the validation split measures the error)")
     if max_error is not None and max_error_increase is not None:
         raise DataError("give --max-error or --max-error-increase, not both")
-    np.random.seed(seed)
     model = load_model(input_path)
     original_proto = to_proto(model)
     original_bytes = Path(input_path).stat().st_size
@@ -108,29 +100,36 @@ def compress(
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "notes": context.log,
     }
-    if "__finetune__" in notes:
-        report["training"] = notes["__finetune__"]
-    if "__wfn__" in notes:
-        report["weight_fixing"] = notes["__wfn__"]
+    for section, result in context.results.items():
+        if section != "search":  # a budget search is reported with the metrics it was judged by
+            report[section] = result.as_json()
     if dataset is not None and dataset.val is not None:
         say("evaluating on the validation split")
         t = time.perf_counter()
-        report["metrics"] = {"split": "val", "samples": len(dataset.val)}
-        if dataset.val.labels is not None:
-            report["metrics"]["val_error_original"] = validation_error(original_proto.SerializeToString(), dataset.val)
-            report["metrics"]["val_error"] = validation_error(Path(output_path).read_bytes(), dataset.val)
-        else:
-            import onnxcomp.runtime as rt
-            from onnxcomp.metrics import disagreement
-
-            report["metrics"]["val_disagreement"] = disagreement(
-                rt.InferenceSession(original_proto.SerializeToString()), rt.InferenceSession(output_path), dataset.val)
-        if "__search__" in notes:
-            report["metrics"]["search"] = notes["__search__"]
+        report["metrics"] = validation_metrics(original_proto.SerializeToString(), str(output_path), dataset.val)
+        if "search" in context.results:
+            report["metrics"]["search"] = context.results["search"].as_json()
         report["timings_s"]["evaluate"] = round(time.perf_counter() - t, 4)
+    report["summaries"] = [line for r in context.results.values() if (line := r.summary())]
     if report_path:
         write_json(report_path, report)
     return report
+
+
+def validation_metrics(original: bytes, compressed: str, val) -> dict[str, Any]:
+    """The report's ``metrics``: both models' error on the validation split, or without labels
+    the share of samples whose predictions changed (``onnxcomp.metrics``)."""
+    import onnxcomp.runtime as rt
+    from onnxcomp.metrics import disagreement, evaluate_session
+
+    before, after = rt.InferenceSession(original), rt.InferenceSession(compressed)
+    metrics: dict[str, Any] = {"split": "val", "samples": len(val)}
+    if val.labels is not None:
+        metrics["val_error_original"] = evaluate_session(before, val)
+        metrics["val_error"] = evaluate_session(after, val)
+    else:
+        metrics["val_disagreement"] = disagreement(before, after, val)
+    return metrics
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

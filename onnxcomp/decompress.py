@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp.irutil import remove_unused_initializers
+from onnxcomp.graph.edit import remove_unused_initializers
 from onnxcomp.model_io import save_model
 from onnxcomp.runtime.load import decode_model
 

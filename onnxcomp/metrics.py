@@ -1,13 +1,20 @@
 """Task metrics of a model on a data split: the number a compression result is judged by.
 
-Kept apart from any runtime: :func:`classification_error` takes a plain ``predict_fn`` (an
-InferenceSession, a TrainingSession's eval graph, a numpy reference), and
-:func:`evaluate_session` adapts an ``onnxruntime.InferenceSession``.
+One definition serves every caller (the report, ``onnxcomp eval``, error budgets, quantize's
+step search, the training passes' validation): a model's *predictions* are the arg-max of its
+first output along the class axis (:func:`class_axis`), one per position for outputs of rank
+> 2; a sample is *wrong* when any of its predictions differs from the truth, which is the split's
+labels or, without labels, the original model's predictions. So the error with labels is the
+classification error, and without them it is the share of samples whose decision changed.
+
+Kept apart from any runtime: :func:`predictions` takes a plain ``predict_fn`` (an
+InferenceSession, a TrainingSession's eval graph, a numpy reference), and :func:`session_predictor`
+adapts an ``onnxruntime.InferenceSession``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,29 +25,77 @@ from onnxcomp.errors import DataError
 PredictFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
-def classification_error(predict_fn: PredictFn, split: Split, batch_size: int = 1000) -> float:
-    """Fraction of samples whose arg-max logit is not the label (0.0 = all correct).
+def class_axis(output_shape: Sequence[int], labels_shape: Sequence[int] | None = None) -> int:
+    """The axis of a model output (``[N, ...]``, N first) that holds the classes.
 
-    ``predict_fn`` receives a batch of the split's inputs by name and returns logits of shape
-    ``[batch, classes]``.
+    Rank 2 (``[N, classes]``): axis 1. With labels (``[N, ...]``), the axis whose removal leaves
+    the labels' per-sample shape, 1 first (ONNX's SoftmaxCrossEntropyLoss convention, ``[N, C,
+    d1, ...]``), else the last. Without labels, the last axis: sequence outputs (``[N, T, C]``,
+    OCR, token logits) are written that way by exporters.
     """
-    if split.labels is None:
-        raise DataError("classification error needs labels; this split has none")
-    wrong = 0
+    rank = len(output_shape)
+    if rank < 2:
+        raise DataError(f"model output of shape {tuple(output_shape)} has no class axis: predictions need [N, classes, ...]")
+    if rank == 2:
+        return 1
+    if labels_shape is None:
+        return rank - 1
+    per_sample = tuple(labels_shape[1:])
+    for axis in (1, rank - 1):
+        rest = tuple(d for i, d in enumerate(output_shape) if i not in (0, axis))
+        if rest == per_sample:
+            return axis
+    raise DataError(f"labels of shape {tuple(labels_shape)} do not fit model output {tuple(output_shape)}: "
+                    f"want [N] plus the output's shape without its class axis")
+
+
+def argmax_rows(logits: np.ndarray, axis: int) -> np.ndarray:
+    """Arg-max of ``logits`` along ``axis``, flattened per sample: ``[N, positions]``."""
+    logits = np.asarray(logits)
+    return logits.argmax(axis=axis).reshape(logits.shape[0], -1)
+
+
+def predictions(predict_fn: PredictFn, split: Split, batch_size: int, axis: int | None = None) -> np.ndarray:
+    """``[N, positions]`` predictions of ``predict_fn`` over ``split`` (batches in order).
+
+    ``axis`` is the class axis; by default :func:`class_axis` of the first batch's output and the
+    split's labels.
+    """
+    rows = []
     for batch in batches(split, batch_size):
         logits = np.asarray(predict_fn(batch.inputs))
-        if logits.ndim != 2 or logits.shape[0] != len(batch):
-            raise DataError(f"predictions of shape {logits.shape} for a batch of {len(batch)}: want [batch, classes]")
-        wrong += int(np.count_nonzero(logits.argmax(axis=1) != batch.labels))
-    return wrong / len(split)
+        if logits.ndim == 0 or logits.shape[0] != len(batch):
+            raise DataError(f"predictions of shape {logits.shape} for a batch of {len(batch)}: want [batch, classes, ...]")
+        if axis is None:
+            axis = class_axis(logits.shape, None if split.labels is None else split.labels.shape)
+        rows.append(argmax_rows(logits, axis))
+    return np.concatenate(rows)
 
 
-def evaluate_session(session: Any, split: Split, batch_size: int = 1000, output: str | None = None) -> float:
-    """Classification error of an ``onnxruntime.InferenceSession`` on ``split``.
+def truth_rows(labels: np.ndarray) -> np.ndarray:
+    """Labels as ``[N, positions]``, comparable with :func:`predictions`."""
+    return np.asarray(labels).reshape(len(labels), -1)
+
+
+def error_rate(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Share of samples (rows) with any prediction unlike the truth's."""
+    if predicted.shape != truth.shape:
+        raise DataError(f"predictions of shape {predicted.shape} cannot be compared with truth of shape {truth.shape}")
+    return float(np.mean(np.any(predicted != truth, axis=1))) if len(predicted) else 0.0
+
+
+def classification_error(predict_fn: PredictFn, split: Split, batch_size: int = 1000) -> float:
+    """Share of samples whose predictions are not their labels (0.0 = all correct)."""
+    if split.labels is None:
+        raise DataError("classification error needs labels; this split has none")
+    return error_rate(predictions(predict_fn, split, batch_size), truth_rows(split.labels))
+
+
+def session_predictor(session: Any, split: Split, output: str | None = None) -> PredictFn:
+    """``predict_fn`` of an ``onnxruntime.InferenceSession`` for ``split``'s inputs.
 
     The split's inputs are matched to the session's inputs by name; when both have exactly one
-    input they are matched regardless of name. ``output`` picks the logits output (default: the
-    first). The session's batch dimension must accept ``batch_size`` rows.
+    input they are matched regardless of name. ``output`` picks the output (default: the first).
     """
     session_inputs = [i.name for i in session.get_inputs()]
     data_inputs = list(split.inputs)
@@ -58,25 +113,33 @@ def evaluate_session(session: Any, split: Split, batch_size: int = 1000, output:
     def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
         return session.run(fetch, {rename[name]: array for name, array in inputs.items()})[0]
 
-    return classification_error(predict, split, batch_size)
+    return predict
 
 
-def argmax_predictions(session: Any, split: Split, batch_size: int = 256) -> np.ndarray:
-    """Arg-max over the last axis of the first output, flattened per sample: [N, positions]."""
-    names = [i.name for i in session.get_inputs()]
-    out = session.get_outputs()[0].name
-    preds = []
-    for batch in batches(split, batch_size):
-        feed = {n: batch.inputs[n] for n in names}
-        logits = np.asarray(session.run([out], feed)[0])
-        preds.append(logits.argmax(axis=-1).reshape(logits.shape[0], -1))
-    return np.concatenate(preds)
+def evaluate_session(session: Any, split: Split, batch_size: int = 1000, output: str | None = None) -> float:
+    """Classification error of an ``onnxruntime.InferenceSession`` on ``split`` (labels needed)."""
+    return classification_error(session_predictor(session, split, output), split, batch_size)
+
+
+def session_predictions(session: Any, split: Split, batch_size: int = 256) -> np.ndarray:
+    """``[N, positions]`` predictions of a session's first output (labels, if any, only choose
+    the class axis)."""
+    return predictions(session_predictor(session, split), split, batch_size)
 
 
 def disagreement(session_a: Any, session_b: Any, split: Split) -> float:
-    """Fraction of samples whose arg-max predictions differ anywhere (no labels needed)."""
-    a, b = argmax_predictions(session_a, split), argmax_predictions(session_b, split)
-    return float(np.mean(np.any(a != b, axis=1)))
+    """Share of samples whose predictions differ anywhere between two sessions (no labels needed)."""
+    return error_rate(session_predictions(session_b, split), session_predictions(session_a, split))
+
+
+def split_error(session: Any, split: Split, reference: Any = None) -> float:
+    """The error on ``split``: against its labels, else the share of samples whose predictions
+    differ from ``reference``'s (the original model's session)."""
+    if split.labels is not None:
+        return evaluate_session(session, split)
+    if reference is None:
+        raise DataError("a split without labels is measured against the original model: none given")
+    return disagreement(reference, session, split)
 
 
 def error_budget(max_error: float | None, max_error_increase: float | None, val: Split | None,

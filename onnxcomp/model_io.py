@@ -16,7 +16,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxcomp.errors import ModelError, ModelLoadError
-from onnxcomp.schemas import register_schemas
+from onnxcomp.graph.schemas import register_schemas
 
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # leave room for the graph itself under the 2 GB limit

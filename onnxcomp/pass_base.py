@@ -38,10 +38,38 @@ class CompileContext:
     resume: bool = False
     # Per-tensor facts passes record for the report, keyed by the weight's original name.
     tensor_notes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What whole passes found (a training run, a budget search), one typed record per section.
+    results: dict[str, PassReport] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
 
     def note(self, tensor: str, **facts: Any) -> None:
         self.tensor_notes.setdefault(tensor, {}).update(facts)
+
+    def record(self, result: PassReport) -> None:
+        """Keep a pass's result for the report (a later record of the same section replaces it)."""
+        self.results[result.section] = result
+
+    def warn(self, line: str) -> None:
+        """A note the user should see now and find in the report's ``notes`` later."""
+        self.log.append(line)
+        self.say(line)
+
+
+class PassReport:
+    """Base of the typed results passes hand the report: a dataclass with a ``section`` name.
+
+    The report writes ``as_json()`` under ``section`` and adds ``summary()`` (one paragraph, or
+    None) below the before/after table, so a new method reports itself without the report
+    knowing it.
+    """
+
+    section: ClassVar[str] = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str | None:
+        return None
 
 
 class CompressionPass(ir.passes.InPlacePass):

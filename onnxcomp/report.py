@@ -152,18 +152,6 @@ def summary_table(report: dict[str, Any]) -> str:
         for t in report["tensors"]
     ]
     bottom = format_table(["tensor", "shape", "codec", "bytes", "bits/param", "unique", "entropy"], trows)
-    training = report.get("training")
-    if training:
-        runs = training.get("runs") or []
-        search = f" (chosen among {len(runs)} trainings)" if len(runs) > 1 else ""
-        top += (f"\n\ntraining: lambda {training['lambda']:g}{search}, loss {training['loss']}, {training['steps']} steps, "
-                f"median {training['median_step_ms']:.1f} ms/step")
-    wfn = report.get("weight_fixing")
-    if wfn:
-        runs = wfn.get("runs") or []
-        search = f", chosen among {len(runs)} runs" if len(runs) > 1 else ""
-        top += (f"\n\nweight fixing: {wfn['weights']:,} weights on {wfn['unique']} values network-wide "
-                f"({100 * wfn['power_of_two']:.0f}% of nonzero weights powers of two, {100 * wfn['sum_of_two']:.0f}% sums of two), "
-                f"{100 * wfn['zeros']:.1f}% zeros; pooled entropy {wfn['entropy_bits']:.3f} bits/weight "
-                f"({wfn['entropy_nonzero_bits']:.3f} over nonzero); gamma0 {wfn['gamma0']:g}{search}")
+    for line in report.get("summaries", []):  # one paragraph per pass that reports itself (PassReport)
+        top += "\n\n" + line
     return top + "\n\n" + bottom

@@ -1,3 +1,8 @@
-"""The passes of onnxcomp, one module each; importing this package registers them all."""
+"""The passes of onnxcomp; importing this package registers them all.
 
-from . import epr_reparam, finetune, normalize, pack, quantize, weight_fix  # noqa: F401
+``normalize.py`` and ``pack.py`` serve every method; each method is a package of its own
+(``quantize/``, ``epr/``, ``wfn/``) that ends in the intermediate form ``pack`` codes
+(``onnxcomp.graph.forms``).
+"""
+
+from . import epr, normalize, pack, quantize, wfn  # noqa: F401

@@ -25,7 +25,7 @@ from onnx_ir.passes.common import (
 )
 
 from onnxcomp.errors import ModelError
-from onnxcomp.irutil import const_array, remove_unused_initializers, set_initializer, unique_name
+from onnxcomp.graph.edit import const_array, remove_unused_initializers, set_initializer, unique_name
 from onnxcomp.pass_base import CompressionPass, register_pass
 
 MIN_OPSET, MAX_OPSET = 11, 21

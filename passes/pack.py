@@ -1,5 +1,7 @@
 """``pack``: entropy-code integer latents into ``ai.onnxcomp::EntropyDecode`` nodes (FORMAT.md).
 
+``pack`` reads the intermediate form every method ends in (``onnxcomp.graph.forms``) and knows
+no method: a model still in a training form is refused, naming the pass that ends it.
 Every integer initializer whose readers all take it as data (Cast, or Gather's indices) is coded
 with ANS under an integer table built from its own histogram, and replaced by an EntropyDecode
 node of the same output name, so the decode subgraph after it is unchanged. A tensor is stored
@@ -18,9 +20,9 @@ import onnx_ir as ir
 
 from onnxcomp.coding import EncodedTensor, encode_tensor, narrowest_int_dtype
 from onnxcomp.errors import PassError, PipelineError
-from onnxcomp.irutil import all_names, new_initializer, unique_name
+from onnxcomp.graph.edit import all_names, new_initializer, replace_initializer, unique_name
+from onnxcomp.graph.forms import training_form
 from onnxcomp.pass_base import CompressionPass, register_pass
-from onnxcomp.passes.epr_reparam import finalize_epr
 from onnxcomp.runtime import format as fmt
 from onnxcomp.runtime.entropy_decode import entropy_decode
 
@@ -51,8 +53,11 @@ class PackPass(CompressionPass):
             raise PipelineError(f"pass 'pack': option stream_symbols={self.stream_symbols} must be >= 1024")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        # An EPR training graph first becomes latents -> Cast -> decoder (training nodes stripped).
-        modified = finalize_epr(model, self.context)
+        finalizer = training_form(model)
+        if finalizer is not None:
+            raise PassError(f"pack: the model is still in a training form; end it with {finalizer!r} before pack "
+                            f"(a training pass such as finetune ends it when it finishes)")
+        modified = False
         graph = model.graph
         taken = all_names(model)
         for name, value in list(graph.initializers.items()):
@@ -106,9 +111,7 @@ class PackPass(CompressionPass):
         out.dtype = value.const_value.dtype
         out.shape = ir.Shape(array.shape)
         graph.insert_before(graph[0], [cast])
-        value.replace_all_uses_with(out)
-        del graph.initializers[name]
-        out.name = name
+        replace_initializer(graph, value, out)
         return stored
 
     @staticmethod
@@ -152,9 +155,7 @@ class PackPass(CompressionPass):
         out = nodes[-1].outputs[0]
         out.shape = ir.Shape(value.const_value.shape)
         graph.insert_before(graph[0], nodes)
-        value.replace_all_uses_with(out)
-        del graph.initializers[name]
-        out.name = name
+        replace_initializer(graph, value, out)
 
 
 def split_rows(array: np.ndarray, max_symbols: int) -> list[np.ndarray]:

@@ -6,8 +6,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from onnxcomp.entropy_models import PRIORS
-from onnxcomp.irutil import NodeBuilder, new_initializer
+from onnxcomp.passes.epr.priors import PRIORS
+from onnxcomp.graph.edit import NodeBuilder, new_initializer
 from onnxcomp.model_io import to_proto
 from tests.conftest import run
 

@@ -6,10 +6,10 @@ import numpy as np
 import onnx_ir as ir
 from onnx import TensorProto, helper
 
-from onnxcomp.activation_stats import im2col, input_covariances
+from onnxcomp.passes.quantize.layer_stats import im2col, input_covariances
 from onnxcomp.data import Split
-from onnxcomp.gptq import gptq_round
-from onnxcomp.weights import find_weights
+from onnxcomp.passes.quantize.gptq import gptq_round
+from onnxcomp.graph.weights import find_weights
 
 from .conftest import make_model, run
 

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from onnxcomp.errors import TrainingError
-from onnxcomp.ort_training import TrainingSession, apply_parameters, generate_artifacts
+from onnxcomp.training.session import TrainingSession, apply_parameters, generate_artifacts
 
 TINY = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -43,7 +43,7 @@ def artifacts(tmp_path):
 
 def test_training_api_imports_without_torch():
     code = (
-        "import sys; from onnxcomp.ort_training import training_api; api = training_api();"
+        "import sys; from onnxcomp.training.session import training_api; api = training_api();"
         "assert api.api.Module and api.artifacts.generate_artifacts;"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

@@ -29,7 +29,7 @@ def test_presets_expand():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("normalize,frobnicate", "unknown pass 'frobnicate'; valid passes: epr-reparam, finetune, normalize, pack, quantize"),
+    ("normalize,frobnicate", "unknown pass 'frobnicate'; valid passes: epr-finalize, epr-reparam, finetune, normalize, pack, quantize, weight-fix"),
     ("quantize{bitz=3}", "no option 'bitz'; valid options: bits, bias_bits, per_channel"),
     ("quantize{bits=many}", "bits='many' is not a valid float"),
     ("quantize{bits}", "must be written key=value"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxcomp.weight_fixing import PAPER_SCHEDULE, CodebookStats, candidates, fix_round, power_terms, threshold
+from onnxcomp.passes.wfn.clustering import PAPER_SCHEDULE, CodebookStats, candidates, fix_round, power_terms, threshold
 
 
 def test_candidates_are_zero_and_signed_powers_of_two_from_gamma0_down_order_plus_one():

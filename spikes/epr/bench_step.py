@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 from epr_graph import EprSpec, build_epr_training_graph  # noqa: E402
 
 from onnxcomp.models.lenet import with_training_loss  # noqa: E402
-from onnxcomp.ort_training import TrainingSession, generate_artifacts  # noqa: E402
+from onnxcomp.training.session import TrainingSession, generate_artifacts  # noqa: E402
 
 
 def bench(model, trainable, extra, args) -> tuple[float, float, float]:

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp.quantize_math import step_for
+from onnxcomp.passes.quantize.step_rule import step_for
 
 C_PHI = 50.0     # latent stored / C_PHI: effective latent step = C_PHI * lr (in integer units)
 C_SCALE = 1.0    # log-scale stored / C_SCALE
@@ -39,7 +39,7 @@ P_MIN = 1e-9
 @dataclass
 class EprSpec:
     prior: str = "logistic"        # logistic | factorized | none (no rate path)
-    bits: float = 2.0              # initial step from the rms rule of passes/quantize.py
+    bits: float = 2.0              # initial step from the rms rule of passes/quantize/quantize.py
     bias_bits: float = 4.0         # extra bits for biases (as quantize's bias_bits)
     per_channel: bool = True       # weight log-scale per output channel (biases: per tensor)
     c_phi: float = C_PHI

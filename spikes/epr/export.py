@@ -1,6 +1,6 @@
 """SPIKE: trained EPR parameters -> quantize-style inference model -> onnxcomp ``pack`` -> bytes.
 
-The inference graph is exactly what ``passes/quantize.py`` writes (int32 latents ``W.latent`` +
+The inference graph is exactly what ``passes/quantize/quantize.py`` writes (int32 latents ``W.latent`` +
 Cast + Mul(``W.step``)), so ``pack`` and ``onnxcomp.runtime`` serve it unchanged. Payload is
 ``onnxcomp.report.payload_bytes`` of the packed model: every initializer byte (ANS bitstreams,
 int32 frequency tables, offsets, shapes, float32 steps).

@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcomp.errors import TrainingError
-from onnxcomp.ort_training import TrainingSession, generate_artifacts
+from onnxcomp.training.session import TrainingSession, generate_artifacts
 
 W0 = np.array([-1.3, -0.2, 0.4, 2.6], np.float32)
 

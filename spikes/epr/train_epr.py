@@ -32,7 +32,7 @@ from onnxcomp.coding import entropy_bits  # noqa: E402
 from onnxcomp.data import batches, load_data, model_input_shapes  # noqa: E402
 from onnxcomp.metrics import classification_error, evaluate_session  # noqa: E402
 from onnxcomp.model_io import save_model  # noqa: E402
-from onnxcomp.ort_training import TrainingSession, generate_artifacts  # noqa: E402
+from onnxcomp.training.session import TrainingSession, generate_artifacts  # noqa: E402
 
 
 def lam_at(step: int, steps_per_epoch: int, args) -> float:

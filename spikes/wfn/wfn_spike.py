@@ -32,8 +32,8 @@ from onnxcomp.data import batches, load_data, model_input_shapes
 from onnxcomp.metrics import evaluate_session
 from onnxcomp.model_io import load_model, save_model, to_proto
 from onnxcomp.models.lenet import with_training_loss
-from onnxcomp.ort_training import TrainingSession, generate_artifacts
-from onnxcomp.weights import find_weights
+from onnxcomp.training.session import TrainingSession, generate_artifacts
+from onnxcomp.graph.weights import find_weights
 
 HERE = Path(__file__).resolve().parent
 SCHEDULE = (0.30, 0.60, 0.80, 0.90, 0.95, 0.975, 0.99, 0.9975, 0.999, 1.0)

@@ -15,7 +15,7 @@ from onnxcomp.data import load_data, model_input_shapes
 from onnxcomp.metrics import evaluate_session
 from onnxcomp.models.datasets import FASHION_MNIST_DIR
 from onnxcomp.models.lenet import BUILDERS, build_lenet5_caffe, build_lenet_300_100, with_training_loss
-from onnxcomp.ort_training import TrainingSession, generate_artifacts
+from onnxcomp.training.session import TrainingSession, generate_artifacts
 
 MODELS_DIR = Path(onnxcomp.models.__file__).parent
 PARAMETERS = {"lenet-300-100": 266_610, "lenet5-caffe": 431_080}

@@ -13,7 +13,8 @@ import onnxcomp.runtime as rt
 from onnxcomp.errors import NothingToCompressError, PassError, PipelineError
 from onnxcomp.model_io import to_proto
 from onnxcomp.pass_base import CompileContext
-from onnxcomp.passes.epr_reparam import (LATENT_FACTOR, EprSpec, finalize_epr, inverse_dct_2d, rounded_latents)
+from onnxcomp.passes.epr.epr_reparam import inverse_dct_2d
+from onnxcomp.passes.epr.form import LATENT_FACTOR, EprSpec, finalize_epr, rounded_latents
 from onnxcomp.pipeline import parse_pipeline
 from tests.conftest import make_model, run, tiny_cnn, tiny_mlp
 
@@ -101,7 +102,7 @@ def test_packed_outputs_equal_the_graph_at_rounded_latents(builder, options, mlp
     # Same session options on both sides: the thread count changes float summation order.
     graph_outputs = run(to_proto(model), feeds(model, inputs), ort.SessionOptions())
     to_proto_before_pack, model_before_pack = to_proto(model), ir.serde.deserialize_model(to_proto(model))
-    parse_pipeline("pack").run(model, CompileContext(progress=False))
+    parse_pipeline("epr-finalize,pack").run(model, CompileContext(progress=False))
     packed = to_proto(model)
     assert [i.name for i in packed.graph.input] == list(inputs)
     assert [o.name for o in packed.graph.output] == [to_proto(reparam(builder())).graph.output[0].name]
@@ -153,7 +154,7 @@ def test_decompress_of_a_dct_model_is_standard_onnx_with_equal_outputs(cnn_input
     from onnxcomp.model_io import save_model
 
     model = reparam(tiny_cnn(), "{conv_decoder=dct}")
-    parse_pipeline("pack").run(model, CompileContext(progress=False))
+    parse_pipeline("epr-finalize,pack").run(model, CompileContext(progress=False))
     save_model(model, tmp_path / "packed.onnx")
     decompress(tmp_path / "packed.onnx", tmp_path / "plain.onnx")
     plain = onnx.load(tmp_path / "plain.onnx")
@@ -178,6 +179,18 @@ def test_shared_and_transposed_weights_are_reparameterized_once():
     set_latents(model, {t.phi: rounded_latents(model.graph.initializers[t.phi].const_value.numpy()) / np.float32(LATENT_FACTOR)
                         for t in EprSpec.from_model(model).tensors})  # the graph at rounded latents
     before = run(to_proto(model), feeds(model, x), ort.SessionOptions())[0]
-    parse_pipeline("pack").run(model, CompileContext(progress=False))
+    parse_pipeline("epr-finalize,pack").run(model, CompileContext(progress=False))
     np.testing.assert_array_equal(rt.InferenceSession(to_proto(model).SerializeToString(), ort.SessionOptions()).run(None, x)[0],
                                   before)
+
+
+def test_pack_refuses_the_training_form_and_names_the_pass_that_ends_it():
+    model = reparam(tiny_mlp())
+    with pytest.raises(PassError, match="still in a training form; end it with 'epr-finalize'"):
+        parse_pipeline("pack").run(model, CompileContext(progress=False))
+    with pytest.raises(PassError, match="already reparameterized"):
+        parse_pipeline("weight-fix{epochs=0}").run(model, CompileContext(progress=False))
+    parse_pipeline("epr-finalize,pack").run(model, CompileContext(progress=False))
+    assert not [k for k in model.metadata_props if k.startswith("onnxcomp.")]  # nothing of training is left
+    with pytest.raises(PassError, match="epr-finalize: the model is not an epr-reparam training graph"):
+        parse_pipeline("epr-finalize").run(ir.serde.deserialize_model(tiny_mlp()), CompileContext(progress=False))

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from onnxcomp import cli
 from onnxcomp.compile import compress
 from onnxcomp.errors import DataError, PassError, TrainingError
-from onnxcomp.ort_training import TrainingSession
+from onnxcomp.training.session import TrainingSession
 from onnxcomp.pipeline import parse_pipeline
 from tests.conftest import make_model, mnist_npz
 
@@ -28,7 +28,7 @@ def test_training_moves_latents_and_lowers_the_rate(mlp, digits, tmp_path):
     assert training["loss"] == "ce" and training["steps"] == 8 and training["lambda"] == 10
     history = training["history"]
     assert [row["epoch"] for row in history] == [1, 2]
-    start = compress_quiet(mlp, tmp_path / "start.onnx", "normalize,epr-reparam{prior=logistic},pack", data=digits)
+    start = compress_quiet(mlp, tmp_path / "start.onnx", "normalize,epr-reparam{prior=logistic},epr-finalize,pack", data=digits)
     # A zero gradient (the trap of the naive straight-through form) would leave the latents, and
     # so the packed bytes, exactly where epr-reparam put them.
     assert report["payload_bytes"] < 0.95 * start["payload_bytes"]
@@ -53,7 +53,8 @@ def test_same_seed_same_bytes_and_resume_reproduces_an_uninterrupted_run(mlp, di
                      "--seed", "3", "--quiet"])
     assert code == cli.EXIT_INTERRUPTED
     assert "run the same command with --resume" in capsys.readouterr().err
-    assert (tmp_path / "c.onnx.train" / "checkpoint").exists() and not (tmp_path / "c.onnx").exists()
+    assert (tmp_path / "c.onnx.train" / "finetune" / "lambda-10" / "checkpoint").exists()
+    assert not (tmp_path / "c.onnx").exists()
     monkeypatch.setattr(TrainingSession, "step", real_step)
     lines = []
     compress(mlp, tmp_path / "c.onnx", FAST, data=digits, seed=3, resume=True, say=lines.append)

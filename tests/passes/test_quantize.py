@@ -11,9 +11,9 @@ from onnx import TensorProto, helper
 
 from onnxcomp.errors import NothingToCompressError, PipelineError
 from onnxcomp.pass_base import CompileContext
-from onnxcomp.passes.quantize import QuantizePass
+from onnxcomp.passes.quantize.quantize import QuantizePass
 from onnxcomp.coding import entropy_bits
-from onnxcomp.quantize_math import RD_SLOPE, rd_round, step_for
+from onnxcomp.passes.quantize.step_rule import RD_SLOPE, rd_round, step_for
 
 from ..conftest import make_model, run, tiny_cnn, tiny_mlp
 
@@ -155,7 +155,7 @@ def test_weights_reached_through_data_movement_and_inside_if_bodies_are_found():
     """Exporters reorder LSTM gates with Slice + Concat and keep weights in If branches."""
     from onnx import numpy_helper
 
-    from onnxcomp.weights import find_weights
+    from onnxcomp.graph.weights import find_weights
 
     rng = np.random.default_rng(3)
     w = rng.normal(size=(8, 6)).astype(np.float32)

@@ -14,10 +14,10 @@ import onnxcomp.runtime as rt
 from onnxcomp import cli
 from onnxcomp.compile import compress
 from onnxcomp.errors import DataError, PassError, PipelineError
-from onnxcomp.finetune import Teacher
 from onnxcomp.pipeline import parse_pipeline
-from onnxcomp.weight_fixing import candidates, fix_round, power_terms
-from onnxcomp.wfn_training import RetrainOptions, retrain_round
+from onnxcomp.passes.wfn.clustering import candidates, fix_round, power_terms
+from onnxcomp.passes.wfn.retraining import RetrainOptions, retrain_round
+from onnxcomp.training.losses import Teacher, resolve_loss
 from tests.conftest import make_model, mnist_npz, run, tiny_cnn, tiny_mlp
 
 FAST = "normalize,weight-fix{schedule=0.5:0.8:0.95:1 epochs=1 lr=0.001},pack"
@@ -91,9 +91,10 @@ def test_retraining_moves_free_weights_and_never_fixed_ones(digits):
     sizes = np.cumsum([v.size for v in values.values()])[:-1]
     split = lambda a: {n: p.reshape(values[n].shape) for n, p in zip(values, np.split(a, sizes))}  # noqa: E731
     start, masks = split(flat), split(fixed)
-    result = retrain_round(model, start, masks, candidates(2.0**-5, 1.0, 0), data.train,
-                           Teacher(model.SerializeToString()), RetrainOptions(epochs=1, lr=1e-3),
-                           seed=0, round_index=0, output_rank=2)
+    teacher = Teacher(model.SerializeToString())
+    result = retrain_round(model, start, masks, candidates(2.0**-5, 1.0, 0), data.train, teacher,
+                           RetrainOptions(epochs=1, lr=1e-3), resolve_loss("ce", data.train, teacher, "test"),
+                           seed=0, round_index=0)
     for name in values:
         # AdamW without decay and a zero gradient (mask = 1) leaves W.free exactly where it was
         np.testing.assert_array_equal(result.values[name][masks[name]], start[name][masks[name]])
@@ -106,7 +107,7 @@ def test_same_seed_same_bytes_and_resume_after_an_interrupted_round(mlp, digits,
     compress_quiet(mlp, tmp_path / "b.onnx", data=digits, seed=2)
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
 
-    import onnxcomp.passes.weight_fix as wf
+    import onnxcomp.passes.wfn.weight_fix as wf
 
     real = wf.retrain_round
 

@@ -64,6 +64,16 @@ def set_initializer(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarra
     return value
 
 
+def replace_initializer(graph: ir.Graph, initializer: ir.Value, by: ir.Value) -> None:
+    """Every reader of ``initializer`` reads ``by`` (a node output) instead, and ``by`` takes over
+    the initializer's name, which is removed: the way every pass turns a weight into a decode
+    subgraph, so graph outputs, subgraph readers and reports still find the weight by its name."""
+    name = initializer.name
+    initializer.replace_all_uses_with(by)
+    del graph.initializers[name]
+    by.name = name
+
+
 def remove_unused_initializers(graph: ir.Graph) -> None:
     for name, value in list(graph.initializers.items()):
         if not value.uses() and not value.is_graph_output():
@@ -74,8 +84,8 @@ class NodeBuilder:
     """Appends nodes to a list with unique, readable names (``<prefix>/<Op>_<n>``).
 
     Passes that build whole subgraphs (epr-reparam's decode and rate paths) use it so that every
-    node carries a ``role`` tag in its metadata (``onnxcomp.role``), which later passes use to
-    find and strip training-only nodes. Constants become initializers of ``graph``.
+    node carries a ``role`` tag in its metadata (``onnxcomp.role``), by which the method's own
+    finalizing step finds and strips training-only nodes. Constants become initializers of ``graph``.
     """
 
     ROLE_KEY = "onnxcomp.role"

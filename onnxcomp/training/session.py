@@ -5,7 +5,8 @@ Why this module exists: ``import onnxruntime.training`` imports torch (through i
 registers the ``onnxruntime.training`` package object by hand so that only ``artifacts``,
 ``onnxblock`` and ``api`` load, and checks that torch stayed out.
 
-Contract of the training graphs (see /work/shared/notes/ort-training.md):
+Contract of the training graphs (what onnxruntime-training 1.19's on-device API accepts, as
+measured when this wrapper was written):
 
 * the model's FIRST graph output is the scalar loss; the others (e.g. logits) are returned by
   :meth:`TrainingSession.step` and :meth:`TrainingSession.eval` after it, in graph order;

@@ -3,9 +3,9 @@
 The candidate weights are exactly what the graph will hold (``QuantizePass.quantize``: same
 steps, same rounding, GPTQ included), so the error measured here is the packed model's error.
 The budget is the original model's error on the validation split plus ``max_error_increase``
-(a fraction: 0.001 = 0.1 percentage point). The error is the classification error when the split
-has labels, otherwise the fraction of samples whose arg-max prediction (over the last axis of
-the first output, at every position for sequence outputs such as OCR) differs anywhere from the
+(a fraction: 0.001 = 0.1 percentage point). The error is ``onnxcomp.metrics``' one definition:
+the classification error when the split has labels, otherwise the fraction of samples whose
+predictions (at every position for sequence outputs such as OCR) differ anywhere from the
 original model's, so unlabeled data still works. Two phases, each monotone in practice:
 
 1. one global ``bits`` for all weights (biases keep their extra bits), found by bisection;
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -29,7 +30,22 @@ import onnx_ir as ir
 from onnxcomp.coding import entropy_bits
 from onnxcomp.data import Split
 from onnxcomp.errors import DataError
-from onnxcomp.weights import Weight
+from onnxcomp.graph.weights import Weight
+from onnxcomp.metrics import error_rate, predictions, truth_rows
+from onnxcomp.pass_base import PassReport
+
+
+@dataclass
+class StepSearchReport(PassReport):
+    """What the step search found (report section ``search``)."""
+
+    section = "search"
+    base_error: float
+    final_error: float
+    budget: float
+    evaluations: int
+    seconds: float
+
 
 BITS_LOW, BITS_HIGH, BITS_TOLERANCE = 0.25, 16.0, 0.125
 PER_TENSOR_STEP, PER_TENSOR_FLOOR = 0.5, 0.25
@@ -64,25 +80,19 @@ class WeightSwapEvaluator:
         self.evaluations = 0
 
     def predictions(self, weights: dict[str, np.ndarray]) -> np.ndarray:
-        outs = []
-        n = len(self.split)
-        for start in range(0, n, 1000):
-            feed = {k: self.split.inputs[k][start : start + 1000] for k in self.data_inputs}
-            feed.update(weights)
-            logits = np.asarray(self.session.run([self.output], feed)[0])
-            outs.append(logits.argmax(axis=-1).reshape(logits.shape[0], -1))
-        return np.concatenate(outs)
+        def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            return self.session.run([self.output], {**{k: inputs[k] for k in self.data_inputs}, **weights})[0]
+
+        return predictions(predict, self.split, 1000)
 
     def error(self, weights: dict[str, np.ndarray]) -> float:
         self.evaluations += 1
         pred = self.predictions(weights)
         if self.split.labels is not None:
-            if pred.shape[1] != 1:
-                raise DataError(f"labels need a [batch, classes] output; {self.output!r} predicts {pred.shape[1]} positions per sample")
-            return float(np.mean(pred[:, 0] != self.split.labels))
+            return error_rate(pred, truth_rows(self.split.labels))
         if self.reference is None:
             raise RuntimeError("set the reference predictions first (unlabeled data)")
-        return float(np.mean(np.any(pred != self.reference, axis=1)))
+        return error_rate(pred, self.reference)
 
 
 def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[str, float]:
@@ -150,8 +160,7 @@ def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[
     say(f"final validation error {final:.4%} (budget {budget:.4%}); {evaluator.evaluations} evaluations in {seconds:.1f} s")
     for w in weights:
         context.note(w.name, bits=bits[w.name])
-    context.note("__search__", base_error=base, final_error=final, budget=budget,
-                 evaluations=evaluator.evaluations, seconds=round(seconds, 2))
+    context.record(StepSearchReport(base, final, budget, evaluator.evaluations, round(seconds, 2)))
     return bits
 
 

@@ -1,9 +1,10 @@
 """``weight-fix``: WFN weight fixing, every weight of the network onto one small shared codebook.
 
+Weight fixing networks (Subia-Waud & Dasmahapatra, "Weight Fixing Networks", ECCV 2022).
 Rounds (``schedule``) fix a growing share of all Conv/ConvTranspose/Gemm/MatMul/RNN weights and
-biases (``onnxcomp.weights.find_weights``; optionally BatchNormalization scales and shifts that
-normalize did not fold) to zero or signed powers of two (``onnxcomp.weight_fixing``), retraining
-the still-free weights between rounds through ONNX Runtime training (``onnxcomp.wfn_training``).
+biases (``onnxcomp.graph.weights.find_weights``; optionally BatchNormalization scales and shifts
+that normalize did not fold) to zero or signed powers of two (``clustering.py``), retraining the
+still-free weights between rounds through ONNX Runtime training (``retraining.py``).
 Afterwards each weight W is
 
     W.idx (int32 initializer) -> Gather(onnxcomp.codebook) -> W
@@ -13,36 +14,32 @@ entropy (not log2 of the codebook size) and the runtime rebuilds W with EntropyD
 
 With an error budget (``--max-error`` / ``--max-error-increase``, on the validation split) a run
 that ends over budget is repeated with finer centres (order + 1) or fewer zeros (gamma0 halved),
-alternating, up to ``search_runs`` runs; the first within budget is kept, else the most accurate. State is saved after
-every round in ``<output>.train/weight-fix/``: ``--resume`` continues at the next round and ends
-with the same bytes.
+alternating, up to ``search_runs`` runs; the first within budget is kept, else the most accurate.
+State is saved after every round in ``<output>.train/weight-fix/``: ``--resume`` continues at
+the next round and ends with the same bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
 from onnxcomp.errors import DataError, PassError
-from onnxcomp.finetune import LOSSES, Teacher, hash_split, resolve_loss
-from onnxcomp.irutil import all_names, new_initializer, unique_name
-from onnxcomp.metrics import error_budget
-from onnxcomp.model_io import to_proto, write_bytes_atomic
-from onnxcomp.pass_base import CompressionPass, register_pass
-from onnxcomp.passes.epr_reparam import EprSpec
-from onnxcomp.weight_fixing import PAPER_SCHEDULE, CodebookStats, candidates, fix_round, threshold
-from onnxcomp.weights import find_weights
-from onnxcomp.wfn_training import RetrainOptions, retrain_round
+from onnxcomp.graph.edit import all_names, new_initializer, replace_initializer, unique_name
+from onnxcomp.graph.forms import training_form
+from onnxcomp.graph.weights import find_weights
+from onnxcomp.metrics import error_budget, split_error
+from onnxcomp.model_io import to_proto
+from onnxcomp.pass_base import CompressionPass, PassReport, register_pass
+from onnxcomp.passes.wfn.clustering import PAPER_SCHEDULE, CodebookStats, candidates, fix_round, threshold
+from onnxcomp.passes.wfn.retraining import RetrainOptions, retrain_round
+from onnxcomp.training.losses import LOSSES, Teacher, resolve_loss
+from onnxcomp.training.workspace import RunDir, Trial, Workspace, fingerprint, search_budget
 
 CODEBOOK = "onnxcomp.codebook"
 MAX_ORDER = 2  # sums of up to three powers of two
@@ -111,51 +108,38 @@ class WeightFixPass(CompressionPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         ctx = self.context
-        if EprSpec.from_model(model) is not None or CODEBOOK in model.graph.initializers:
+        if training_form(model) is not None or CODEBOOK in model.graph.initializers:
             raise PassError("weight-fix: the model is already reparameterized (epr-reparam or weight-fix ran); "
                             "weight-fix takes float weights, e.g. -p wfn")
         names = self._weights(model)
         if not names:
-            ctx.log.append("weight-fix: no float32 weights to fix; model left unchanged")
-            ctx.say(ctx.log[-1])
+            ctx.warn("weight-fix: no float32 weights to fix; model left unchanged")
             return ir.passes.PassResult(model, False)
         proto = to_proto(model)
         start = {n: model.graph.initializers[n].const_value.numpy().astype(np.float32) for n in names}
-        run = _Run(self, proto, start)
-        try:
-            budget = run.budget()
-            gamma0, order, results = self.gamma0, self.order, []
-            for _ in range(self.search_runs if budget is not None else 1):
-                result = run.fix(gamma0, order, f"gamma0-{gamma0:g}-order-{order}")
-                results.append(result)
-                if budget is None:
-                    break
-                ok = result["val_error"] <= budget
-                ctx.say(f"  gamma0 {gamma0:g}, order {order}: val error {100 * result['val_error']:.2f}% "
-                        f"{'within' if ok else 'over'} the budget {100 * budget:.2f}%")
-                if ok:
-                    break
-                # Finer centres first (measured: cheaper in entropy than more nonzero weights),
-                # then fewer zeros, alternating while the order can still grow.
-                if order < MAX_ORDER and (len(results) == 1 or results[-2]["order"] == order):
-                    order += 1
-                else:
-                    gamma0 /= 2
-        finally:
-            if run.owned_dir is not None:
-                shutil.rmtree(run.owned_dir, ignore_errors=True)
-        chosen = results[-1]
-        if budget is not None and chosen["val_error"] > budget:
-            chosen = min(results, key=lambda r: r["val_error"])
-            ctx.log.append(f"weight-fix: no run met the error budget {100 * budget:.2f}%; kept gamma0 "
-                           f"{chosen['gamma0']:g}, order {chosen['order']} (val error {100 * chosen['val_error']:.2f}%)")
-            ctx.say(ctx.log[-1])
-        stats = rewrite_to_codebook(model, chosen["values"])
+        fixer = _Fixer(self, proto, start)
+        budget = fixer.budget()
+        with Workspace(ctx.work_dir, self.name, ctx.resume) as workspace:
+            def train(settings: tuple[float, int], _: int) -> FixRun:
+                return fixer.fix(*settings, workspace)
+
+            first = (self.gamma0, self.order)
+            if budget is None:
+                chosen = train(first, 0)
+                runs = [chosen]
+            else:
+                outcome = search_budget(
+                    who=self.name, budget=budget, runs=self.search_runs, first=first, train=train,
+                    measure=lambda r: (r.val_error, r.size_bits), propose=_finer_or_fewer_zeros,
+                    describe=lambda g_o: f"gamma0 {g_o[0]:g}, order {g_o[1]}", stop_when_met=True,
+                    say=ctx.say, warn=ctx.warn)
+                chosen, runs = outcome.chosen.result, [t.result for t in outcome.trials]
+        stats = rewrite_to_codebook(model, chosen.values)
         for n in names:
             ctx.note(n, method="wfn")
-        ctx.note("__wfn__", **{k: v for k, v in chosen.items() if k != "values"}, **asdict(stats),
-                 runs=[{"gamma0": r["gamma0"], "order": r["order"], "val_error": r["val_error"]} for r in results],
-                 budget=budget)
+        ctx.record(WeightFixReport(chosen.gamma0, chosen.val_error, chosen.history, list(self.schedule), self.delta,
+                                   chosen.order, fixer.task.kind if fixer.task else self.loss, chosen.wall_s, stats,
+                                   [{"gamma0": r.gamma0, "order": r.order, "val_error": r.val_error} for r in runs], budget))
         ctx.say(f"  fixed {stats.weights:,} weights to {stats.unique} values network-wide, "
                 f"{stats.entropy_bits:.3f} bits/weight pooled entropy ({100 * stats.zeros:.1f}% zeros)")
         return ir.passes.PassResult(model, True)
@@ -179,13 +163,71 @@ class WeightFixPass(CompressionPass):
                             and v.const_value.dtype == ir.DataType.FLOAT and v.name not in names):
                         names.append(v.name)
         for line in skipped:
-            ctx.log.append(f"weight-fix: {line}")
-            ctx.say(ctx.log[-1])
+            ctx.warn(f"weight-fix: {line}")
         return names
 
 
-class _Run:
-    """Everything one compile shares between weight-fixing runs: data, teacher, the work dir."""
+def _finer_or_fewer_zeros(trials: list[Trial]) -> tuple[float, int]:
+    """The next run after one over budget: finer centres first (measured: cheaper in entropy than
+    more nonzero weights), then fewer zeros, alternating while the order can still grow."""
+    gamma0, order = trials[-1].settings
+    if order < MAX_ORDER and (len(trials) == 1 or trials[-2].settings[1] == order):
+        return gamma0, order + 1
+    return gamma0 / 2, order
+
+
+@dataclass
+class FixRun:
+    """One full weight-fixing run at (gamma0, order)."""
+
+    gamma0: float
+    order: int
+    values: dict[str, np.ndarray]
+    val_error: float | None
+    history: list[dict]
+    wall_s: float
+
+    @property
+    def size_bits(self) -> float:
+        """Pooled entropy of the fixed weights times their count: what pack spends, about."""
+        pooled = np.concatenate([v.ravel() for v in self.values.values()])
+        return CodebookStats.of(pooled).entropy_bits * pooled.size
+
+
+@dataclass
+class WeightFixReport(PassReport):
+    """The weight-fixing run ``weight-fix`` kept (report section ``weight_fixing``)."""
+
+    section = "weight_fixing"
+    gamma0: float
+    val_error: float | None
+    history: list[dict]
+    schedule: list[float]
+    delta: float
+    order: int
+    loss: str
+    wall_s: float
+    stats: CodebookStats
+    runs: list[dict]       # every run of a budget search: gamma0, order, val error
+    budget: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        row = super().as_json()
+        stats = row.pop("stats")
+        runs, budget = row.pop("runs"), row.pop("budget")
+        return {**row, **stats, "runs": runs, "budget": budget}
+
+    def summary(self) -> str:
+        s = self.stats
+        search = f", chosen among {len(self.runs)} runs" if len(self.runs) > 1 else ""
+        return (f"weight fixing: {s.weights:,} weights on {s.unique} values network-wide "
+                f"({100 * s.power_of_two:.0f}% of nonzero weights powers of two, {100 * s.sum_of_two:.0f}% sums of two), "
+                f"{100 * s.zeros:.1f}% zeros; pooled entropy {s.entropy_bits:.3f} bits/weight "
+                f"({s.entropy_nonzero_bits:.3f} over nonzero); gamma0 {self.gamma0:g}{search}")
+
+
+class _Fixer:
+    """Everything one compile shares between weight-fixing runs: the weights, data, teacher, loss."""
 
     def __init__(self, p: WeightFixPass, proto: onnx.ModelProto, start: dict[str, np.ndarray]) -> None:
         ctx = p.context
@@ -195,17 +237,11 @@ class _Run:
             raise DataError("weight-fix retrains between rounds and needs --data with a train split "
                             "(e.g. --data mnist), or weight-fix{epochs=0} to fix without retraining")
         self.teacher = Teacher(ctx.original_model.SerializeToString()) if ctx.original_model is not None else None
-        self.loss = p.loss
-        self.output_rank = 2
+        self.task = None
         if self.data is not None and self.data.train is not None and self.teacher is not None:
-            self.loss, probe = resolve_loss(p.loss, self.data.train, self.teacher, "weight-fix")
-            self.output_rank = probe.ndim
+            self.task = resolve_loss(p.loss, self.data.train, self.teacher, "weight-fix")
         elif p.epochs > 0:
             raise PassError("weight-fix: the compile context has no original model (the teacher and error baseline)")
-        # Under compile, state lives in <output>.train/ (removed once the output is written);
-        # called on its own, in a temporary directory removed when the pass ends.
-        self.owned_dir = Path(tempfile.mkdtemp(prefix="onnxcomp-wfn-")) if ctx.work_dir is None else None
-        self.root = (self.owned_dir or Path(ctx.work_dir)) / "weight-fix"
         self.names = list(start)
         self.shapes = {n: start[n].shape for n in self.names}
         self.sizes = [start[n].size for n in self.names]
@@ -220,45 +256,35 @@ class _Run:
             return None
         import onnxruntime as ort
 
-        from onnxcomp.metrics import disagreement, evaluate_session
-        from onnxcomp.ort_training import apply_parameters, session_options
+        from onnxcomp.training.session import apply_parameters, session_options
 
         session = ort.InferenceSession(apply_parameters(self.proto, values).SerializeToString(), session_options(1),
                                        providers=["CPUExecutionProvider"])
-        if self.data.val.labels is not None:
-            return evaluate_session(session, self.data.val)
-        return disagreement(self.teacher.session, session, self.data.val)
+        return split_error(session, self.data.val, self.teacher.session if self.teacher else None)
 
     def fingerprint(self, gamma0: float, order: int) -> str:
-        digest = hashlib.sha256(self.proto.SerializeToString())
         options = {f.name: getattr(self.p, f.name) for f in self.p.options() if f.name != "search_runs"}
         options["gamma0"], options["order"] = gamma0, order
-        digest.update(json.dumps([options, self.p.context.seed, self.loss], sort_keys=True, default=str).encode())
-        if self.data is not None and self.data.train is not None:
-            hash_split(digest, self.data.train)
-        return digest.hexdigest()
+        kind = self.task.kind if self.task else self.p.loss
+        train = self.data.train if self.data is not None else None
+        return fingerprint(self.proto.SerializeToString(), [options, self.p.context.seed, kind], train)
 
-    def fix(self, gamma0: float, order: int, tag: str) -> dict:
+    def fix(self, gamma0: float, order: int, workspace: Workspace) -> FixRun:
         """One full weight-fixing run at ``gamma0`` and ``order``: every round, resumable per round."""
         p, ctx = self.p, self.p.context
-        work = self.root / tag
-        fingerprint = self.fingerprint(gamma0, order)
+        run_dir: RunDir = workspace.run(f"gamma0-{gamma0:g}-order-{order}", self.fingerprint(gamma0, order))
+        state = run_dir.begin()
         flat = np.concatenate([self.start[n].ravel() for n in self.names]).astype(np.float32)
         fixed = np.zeros(flat.size, bool)
         history: list[dict] = []
-        state_file = work / "state.json"
-        if ctx.resume and state_file.exists() and json.loads(state_file.read_text()).get("fingerprint") == fingerprint:
-            state = json.loads(state_file.read_text())
-            with np.load(work / "state.npz") as arrays:
-                flat, fixed = arrays["flat"].copy(), arrays["fixed"].copy()
+        if state is not None:
+            arrays = run_dir.arrays()
+            flat, fixed = arrays["flat"], arrays["fixed"]
             history = state["history"]
-            ctx.say(f"  resuming weight-fix after round {len(history)} of {len(p.schedule)} from {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True, exist_ok=True)
+            ctx.say(f"  resuming weight-fix after round {len(history)} of {len(p.schedule)} from {run_dir.path}")
         t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
         rounds = len(p.schedule)
-        options = RetrainOptions(p.epochs, p.lr, p.batch, p.tau, p.beta, self.loss, p.threads, p.weight_decay)
+        options = RetrainOptions(p.epochs, p.lr, p.batch, p.tau, p.beta, p.threads, p.weight_decay)
         for t in range(len(history), rounds):
             share = p.schedule[t]
             target = int(round(share * flat.size))
@@ -269,7 +295,7 @@ class _Run:
                 # already in use (sums of powers once order > 0 has placed some).
                 centres = np.union1d(candidates(gamma0, float(np.abs(flat).max()), 0), flat[fixed])
                 result = retrain_round(self.proto, self._split(flat), self._split(fixed), centres, self.data.train,
-                                       self.teacher, options, seed=ctx.seed, round_index=t, output_rank=self.output_rank)
+                                       self.teacher, options, self.task, seed=ctx.seed, round_index=t)
                 trained = np.concatenate([result.values[n].ravel() for n in self.names]).astype(np.float32)
                 flat = np.where(fixed, flat, trained)
                 row.update(steps=result.steps, median_step_ms=round(1000 * result.step_seconds, 3),
@@ -284,15 +310,9 @@ class _Run:
             ctx.say(f"  round {t + 1}/{rounds}: {100 * row['fixed_share']:.2f}% fixed (target {100 * share:g}%), "
                     f"{stats.unique} values, {stats.entropy_bits:.3f} bits/weight"
                     + (f", val error {100 * val:.2f}%" if val is not None else ""))
-            arrays = io.BytesIO()
-            np.savez(arrays, flat=flat, fixed=fixed)
-            write_bytes_atomic(work / "state.npz", arrays.getvalue())
-            write_bytes_atomic(state_file, json.dumps({"fingerprint": fingerprint, "history": history}).encode())
-        values = self._split(flat)
+            run_dir.save({"history": history}, arrays={"flat": flat, "fixed": fixed})
         val = history[-1].get("val_error") if history else None
-        return {"gamma0": gamma0, "values": values, "val_error": val, "history": history,
-                "schedule": list(p.schedule), "delta": p.delta, "order": order, "loss": self.loss,
-                "wall_s": history[-1]["elapsed_s"] if history else 0.0}
+        return FixRun(gamma0, order, self._split(flat), val, history, history[-1]["elapsed_s"] if history else 0.0)
 
     def _split(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         parts = np.split(flat, np.cumsum(self.sizes)[:-1])
@@ -321,8 +341,6 @@ def rewrite_to_codebook(model: ir.Model, values: dict[str, np.ndarray]) -> Codeb
         out.dtype = ir.DataType.FLOAT
         out.shape = ir.Shape(v.shape)
         nodes.append(node)
-        value.replace_all_uses_with(out)
-        del graph.initializers[name]
-        out.name = name
+        replace_initializer(graph, value, out)
     graph.insert_before(graph[0], nodes)
     return stats

@@ -18,10 +18,10 @@ zero, or to zero, when that saves more bits (under the tensor's own histogram) t
 squared error at the step's own RD slope. With data (``--data``), the train split's layer
 input statistics weigh each weight's error by how much its input matters (dead inputs cost
 nothing), and Gemm/MatMul/Conv weights are rounded by GPTQ, which spreads each rounding error
-onto the weights not yet rounded (onnxcomp.gptq); all of it stays on the same step grid.
+onto the weights not yet rounded (``gptq.py``); all of it stays on the same step grid.
 
 With data and ``--max-error-increase D`` the pass searches, on the validation split, the coarsest
-steps whose error stays within D of the original model's (see onnxcomp.step_search).
+steps whose error stays within D of the original model's (``step_search.py``).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.errors import NothingToCompressError, PipelineError
-from onnxcomp.irutil import all_names, new_initializer, unique_name
+from onnxcomp.graph.edit import all_names, new_initializer, replace_initializer, unique_name
+from onnxcomp.graph.weights import Weight, find_weights
 from onnxcomp.pass_base import CompressionPass, register_pass
-from onnxcomp.quantize_math import RD_SLOPE, quantize_array, step_for
-from onnxcomp.weights import Weight, find_weights
+from onnxcomp.passes.quantize.step_rule import RD_SLOPE, quantize_array, step_for
 
 
 @register_pass
@@ -74,14 +74,14 @@ class QuantizePass(CompressionPass):
         self._stats: dict = {}
         calibration = None if data is None else data.train if data.train is not None else data.val
         if (self.importance or self.gptq) and calibration is not None:
-            from onnxcomp.activation_stats import input_covariances
+            from onnxcomp.passes.quantize.layer_stats import input_covariances
 
             # Layer statistics come from the train split; data with only an evaluation split
             # (a plain .npz) calibrates on that.
             self._stats = input_covariances(model, weights, calibration)
         bits = {w.name: self.bits + (self.bias_bits if w.role == "bias" else 0.0) for w in weights}
         if self.context.max_error_increase is not None and data is not None:
-            from onnxcomp.step_search import search_bits
+            from onnxcomp.passes.quantize.step_search import search_bits
 
             bits = search_bits(model, weights, self, self.context)
         taken = all_names(model)
@@ -93,8 +93,8 @@ class QuantizePass(CompressionPass):
 
     def quantize(self, w: Weight, bits: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(latents, step, dequantized weight) of ``w`` at ``bits``: what the graph will compute."""
-        from onnxcomp.activation_stats import importance_from
-        from onnxcomp.gptq import gptq_round
+        from onnxcomp.passes.quantize.gptq import gptq_round
+        from onnxcomp.passes.quantize.layer_stats import importance_from
 
         array = w.value.const_value.numpy()
         step = step_for(array, w.channel_axes if self.per_channel else (), bits)
@@ -144,8 +144,6 @@ def replace_with_latents(model: ir.Model, w: Weight, k: np.ndarray, step: np.nda
     # Decode nodes read only initializers, so the top of the graph is always a valid place
     # (consumers inside If/Loop bodies read the decoded value from the outer scope).
     graph.insert_before(graph[0], [cast, mul])
-    w.value.replace_all_uses_with(mul.outputs[0])
-    del graph.initializers[name]
-    mul.outputs[0].name = name
+    replace_initializer(graph, w.value, mul.outputs[0])
     return latent.name
 

@@ -1,6 +1,6 @@
 """Uniform quantization with per-channel steps: the arithmetic of ``quantize`` and its search.
 
-See passes/quantize.py for the step rule and why it is what it is.
+See ``quantize.py`` beside this file for the step rule and why it is what it is.
 """
 
 from __future__ import annotations

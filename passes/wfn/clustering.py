@@ -10,7 +10,7 @@ centre of the highest order: every weight ends on a centre.
 
 Centres are exact in float32 (a power of two, or a sum of two within 24 bits of each other), so a
 fixed weight is a codebook entry bit for bit. Retraining between rounds is the driver's job
-(onnxcomp.wfn_training); this module only decides which weights are fixed, and to what.
+(``retraining.py``); this module only decides which weights are fixed, and to what.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.irutil import NodeBuilder
+from onnxcomp.graph.edit import NodeBuilder
 
 P_MIN = 1e-9  # probability floor: keeps log finite for latents far out in a tail
 ROLE = "rate"

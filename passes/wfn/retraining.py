@@ -6,7 +6,7 @@ Each round trains a copy of the model in which every weight W is rebuilt in-grap
 
 so a fixed weight equals its centre exactly whatever the optimizer does to ``W.free`` there (its
 gradient is zero where mask = 1). The loss is the task loss (cross-entropy with labels, else
-distillation from the original model, the same loss graph as ``finetune``) plus the paper's
+distillation from the original model: ``onnxcomp.training.losses``, as EPR's finetune) plus the paper's
 softmin relative-distance regularizer over the free weights only:
 
     reg = mean_i sum_c softmin(D_i / tau)_c * D_ic,    D_ic = |w_i - c| / |w_i|
@@ -30,8 +30,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxcomp.data import Split, batches
 from onnxcomp.errors import TrainingError
-from onnxcomp.finetune import LAMBDA_INPUT, Teacher, loss_graph, task_feed
-from onnxcomp.ort_training import TrainingSession, generate_artifacts
+from onnxcomp.training.losses import LAMBDA_INPUT, TaskLoss, Teacher, loss_graph, task_feed
+from onnxcomp.training.session import TrainingSession, generate_artifacts
 
 REG_OUTPUT = "onnxcomp.wfn.regularizer"
 
@@ -43,7 +43,6 @@ class RetrainOptions:
     batch: int = 128
     tau: float = 0.05
     beta: float = 0.4
-    loss: str = "ce"        # ce or distill (resolved by the caller)
     threads: int = 1
     weight_decay: float = 0.0  # AdamW's decoupled decay of the free weights
 
@@ -127,14 +126,14 @@ class RoundResult:
 
 
 def retrain_round(model: onnx.ModelProto, values: dict[str, np.ndarray], fixed: dict[str, np.ndarray],
-                  centres: np.ndarray, train: Split, teacher: Teacher, options: RetrainOptions, *,
-                  seed: int, round_index: int, output_rank: int) -> RoundResult:
+                  centres: np.ndarray, train: Split, teacher: Teacher, options: RetrainOptions, task: TaskLoss, *,
+                  seed: int, round_index: int) -> RoundResult:
     """Train the free weights for ``options.epochs`` epochs; returns their new values."""
     use_reg = options.beta > 0 and any((~f).any() for f in fixed.values())
     graph = masked_graph(model, values, fixed, centres, options.tau, use_reg)
     if not use_reg:
         _zero_rate(graph)
-    graph = loss_graph(graph, REG_OUTPUT, 1, options.loss, 1.0, output_rank)
+    graph = loss_graph(graph, REG_OUTPUT, 1, task)
     steps_per_epoch = math.ceil(len(train) / options.batch)
     total = max(1, round(options.epochs * steps_per_epoch))
     with tempfile.TemporaryDirectory(prefix="onnxcomp-wfn-") as tmp:
@@ -148,20 +147,20 @@ def retrain_round(model: onnx.ModelProto, values: dict[str, np.ndarray], fixed: 
                 if session.steps >= total:
                     break
                 start = time.perf_counter()
-                feed = task_feed(batch, options.loss, teacher, 1.0)
+                feed = task_feed(batch, task, teacher)
                 if reg_weight is None:  # first step: scale from a forward pass at the start values
                     feed[LAMBDA_INPUT] = np.float32(0.0)
                     _, task0, reg0, _ = session.eval(feed)
                     reg_weight = _reg_weight(options.beta, float(task0), float(reg0))
                 feed[LAMBDA_INPUT] = np.float32(reg_weight)
                 try:
-                    _, task, reg, _ = session.step(feed)
+                    _, task_value, reg, _ = session.step(feed)
                 except TrainingError as failure:
                     raise TrainingError(f"weight-fix round {round_index + 1}: {failure}; check the data for NaN/inf "
                                         "or lower weight-fix{lr=..}") from failure
-                reg_weight = _reg_weight(options.beta, float(task), float(reg))
+                reg_weight = _reg_weight(options.beta, float(task_value), float(reg))
                 times.append(time.perf_counter() - start)
-                task_sum += float(task)
+                task_sum += float(task_value)
                 reg_sum += float(reg)
             epoch += 1
         trained = session.parameters(trainable_only=True)

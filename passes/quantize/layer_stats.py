@@ -5,7 +5,7 @@ trace(E^T H E) with H = E[x x^T] over input features x. H (or its diagonal) is t
 weight's error costs: zero for weights that read dead inputs (MNIST's blank border pixels, ReLU
 units that never fire), large for weights that read busy ones. ``quantize`` uses the diagonal as
 per-weight importance in its rate-distortion rounding, and the full H for error-compensating
-rounding (GPTQ; onnxcomp.gptq).
+rounding (GPTQ; ``gptq.py``).
 
 Weights are seen as matrices [input features K, outputs N] (see :class:`LayerView`):
 Gemm/MatMul weights directly, Conv (group 1) kernels as [C*kh*kw, O] over im2col patches of
@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp.weights import Weight
+from onnxcomp.graph.weights import Weight
 
 MAX_FULL_FEATURES = 4096  # beyond this only the diagonal of H is kept (K*K*8 bytes per layer)
 MAX_SAMPLES = 4096

@@ -1,0 +1,172 @@
+"""``finetune``: train an EPR graph (task loss + lambda * rate), write the trained values back,
+and end the training form (``finalize_epr``), so ``pack`` codes the rounded latents.
+
+A driver step inside the pipeline, not a graph rewrite of its own: it changes only initializer
+values of the graph ``epr-reparam`` built (``trainer.py`` does the training). With an error
+budget (``--max-error`` or ``--max-error-increase``, on the validation split) it runs up to
+``search_runs`` trainings and keeps the smallest model within the budget: lambda grows by
+``search_factor`` while the budget holds, shrinks while it does not, and is bisected
+(geometrically) once both sides are known. Sizes are compared by the entropy of the rounded
+latents, which is what pack spends on bitstreams.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxcomp.errors import DataError, PassError
+from onnxcomp.metrics import error_budget
+from onnxcomp.model_io import to_proto
+from onnxcomp.pass_base import CompressionPass, PassReport, register_pass
+from onnxcomp.passes.epr.form import EprSpec, finalize_epr
+from onnxcomp.passes.epr.trainer import EprTrainer, TrainOptions, TrainResult
+from onnxcomp.training.losses import LOSSES, Teacher
+from onnxcomp.training.workspace import Trial, Workspace, search_budget
+
+
+@dataclass
+class FinetuneReport(PassReport):
+    """The training run ``finetune`` kept (report section ``training``)."""
+
+    section = "training"
+    lam: float
+    loss: str
+    steps: int
+    median_step_ms: float
+    val_error: float | None
+    history: list[dict]
+    runs: list[dict]  # every training of a lambda search: lambda, val error, estimated bytes
+
+    def as_json(self) -> dict[str, Any]:
+        row = super().as_json()
+        return {"lambda": row.pop("lam"), **row}
+
+    def summary(self) -> str:
+        search = f" (chosen among {len(self.runs)} trainings)" if len(self.runs) > 1 else ""
+        return (f"training: lambda {self.lam:g}{search}, loss {self.loss}, {self.steps} steps, "
+                f"median {self.median_step_ms:.1f} ms/step")
+
+
+@dataclass
+class LambdaSearchReport(PassReport):
+    """How ``finetune`` searched lambda for an error budget (report section ``search``)."""
+
+    section = "search"
+    budget: float
+    chosen_lambda: float
+    met: bool
+    runs: list[dict]
+
+
+@register_pass
+@dataclass
+class FinetunePass(CompressionPass):
+    name = "finetune"
+    summary = "train an epr-reparam graph: task loss + lambda * bits/weight (ONNX Runtime training, resumable)"
+
+    epochs: float = field(default=25.0, metadata={"help": "passes over the train split"})
+    lam: float = field(default=0.3, metadata={"option": "lambda", "help": "rate weight: loss = task + lambda * bits per weight"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (no weight decay)"})
+    batch: int = field(default=128, metadata={"help": "samples per step"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear learning-rate warm-up"})
+    decay: float = field(default=0.5, metadata={"help": "cosine decay to 0 over this final fraction of the steps"})
+    lambda_warmup: float = field(default=1.0, metadata={"help": "epochs over which lambda ramps up from 0"})
+    loss: str = field(default="auto", metadata={"help": "ce (labels), distill (the original model's outputs), auto = ce when the data has labels"})
+    temperature: float = field(default=1.0, metadata={"help": "distillation temperature"})
+    checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints (also one per epoch)"})
+    threads: int = field(default=1, metadata={"help": "ORT threads; results are reproducible for a fixed count (0 = all cores)"})
+    search_runs: int = field(default=4, metadata={"help": "with an error budget: trainings tried to find lambda"})
+    search_factor: float = field(default=3.0, metadata={"help": "with an error budget: lambda step while only one side of the budget is known"})
+
+    def validate_options(self) -> None:
+        bad = self.option_error
+        if not self.epochs > 0:
+            raise bad("epochs", self.epochs, "> 0")
+        if not self.lam >= 0:
+            raise bad("lambda", self.lam, ">= 0")
+        if not 0 < self.lr < 1:
+            raise bad("lr", self.lr, "in (0, 1)")
+        if self.batch < 1:
+            raise bad("batch", self.batch, ">= 1")
+        if self.loss not in LOSSES:
+            raise bad("loss", self.loss, f"one of {', '.join(LOSSES)}")
+        if not 0 <= self.decay <= 1:
+            raise bad("decay", self.decay, "in [0, 1]")
+        if not self.temperature > 0:
+            raise bad("temperature", self.temperature, "> 0")
+        if self.checkpoint_every < 1:
+            raise bad("checkpoint_every", self.checkpoint_every, ">= 1")
+        if self.threads < 0:
+            raise bad("threads", self.threads, ">= 0")
+        if self.warmup_steps < 0 or self.lambda_warmup < 0:
+            raise bad("warmup_steps/lambda_warmup", f"{self.warmup_steps}/{self.lambda_warmup}", ">= 0")
+        if self.search_runs < 1:
+            raise bad("search_runs", self.search_runs, ">= 1")
+        if not self.search_factor > 1:
+            raise bad("search_factor", self.search_factor, "> 1")
+
+    def train_options(self, lam: float) -> TrainOptions:
+        return TrainOptions(self.epochs, lam, self.lr, self.batch, self.warmup_steps, self.decay, self.lambda_warmup,
+                            self.loss, self.temperature, self.checkpoint_every, self.threads)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        spec = EprSpec.from_model(model)
+        if spec is None:
+            raise PassError("finetune: nothing to train; run epr-reparam before it (e.g. -p epr)")
+        ctx = self.context
+        if ctx.data is None or ctx.data.train is None:
+            raise DataError("finetune needs --data with a train split (e.g. --data mnist, or an .npz with train/ keys)")
+        if ctx.original_model is None:
+            raise PassError("finetune: the compile context has no original model (the teacher and error baseline)")
+        teacher = Teacher(ctx.original_model.SerializeToString())
+        proto = to_proto(model)
+        budget = error_budget(ctx.max_error, ctx.max_error_increase, ctx.data.val, teacher.session)
+        with Workspace(ctx.work_dir, self.name, ctx.resume) as workspace:
+            def train(lam: float, _: int) -> TrainResult:
+                return self._train(proto, spec, teacher, lam, workspace)
+
+            if budget is None:
+                lam, result = self.lam, train(self.lam, 0)
+                runs = [(lam, result)]
+            else:
+                outcome = search_budget(
+                    who=self.name, budget=budget, runs=self.search_runs, first=self.lam, train=train,
+                    measure=lambda r: (r.val_error, r.estimated_bytes),
+                    propose=lambda trials: self._next_lambda(trials, budget),
+                    describe=lambda lam: f"lambda {lam:g}", stop_when_met=False, say=ctx.say, warn=ctx.warn)
+                lam, result = outcome.chosen.settings, outcome.chosen.result
+                runs = [(t.settings, t.result) for t in outcome.trials]
+                ctx.record(LambdaSearchReport(budget, lam, outcome.met,
+                                              [{"lambda": t.settings, "val_error": t.val_error} for t in outcome.trials]))
+        for name, value in result.parameters.items():
+            ir_value = model.graph.initializers[name]
+            # np.asarray, not ascontiguousarray: the latter turns a 0-d scalar into shape [1]
+            ir_value.const_value = ir.tensor(np.asarray(value, np.float32), name=name)
+        finalize_epr(model, ctx)
+        ctx.record(FinetuneReport(
+            lam, result.loss, result.steps, round(1000 * result.step_seconds, 3), result.val_error, result.history,
+            [{"lambda": x, "val_error": r.val_error, "estimated_bytes": r.estimated_bytes} for x, r in runs]))
+        return ir.passes.PassResult(model, True)
+
+    def _next_lambda(self, trials: list[Trial], budget: float) -> float:
+        """Grow lambda while every run met the budget, shrink it while none did, then bisect
+        (geometrically) between the largest that met it and the smallest that did not."""
+        low = max((t.settings for t in trials if t.within(budget)), default=None)
+        high = min((t.settings for t in trials if not t.within(budget)), default=None)
+        if high is None:
+            return low * self.search_factor
+        if low is None:
+            return high / self.search_factor
+        return math.sqrt(low * high)
+
+    def _train(self, proto, spec: EprSpec, teacher: Teacher, lam: float, workspace: Workspace) -> TrainResult:
+        ctx = self.context
+        trainer = EprTrainer(proto, spec, ctx.data.train, ctx.data.val, self.train_options(lam), seed=ctx.seed,
+                             teacher=teacher, say=ctx.say, progress=ctx.progress)
+        ctx.say(f"  training with lambda {lam:g}: {trainer.total_steps} steps of {self.batch}, loss {trainer.task.kind}")
+        return trainer.run(workspace.run(f"lambda-{lam:g}", trainer.fingerprint))

@@ -1,0 +1,217 @@
+"""EPR's training loop: task loss + lambda * rate through ONNX Runtime training, resumable.
+
+Training is a driver, not a pass: :class:`EprTrainer` takes the graph ``epr-reparam`` built, adds
+the task loss on a copy (``onnxcomp.training.losses``: cross-entropy or distillation, plus
+``lambda * rate_bits / num_params``), trains the initializers the ``onnxcomp.epr`` metadata lists
+with AdamW, and returns their trained values; the ``finetune`` pass writes them back.
+
+Reproducibility: the batch order of epoch e comes from default_rng(seed * 1000 + e), the noise of
+step s from default_rng([seed, s]), the learning rate and lambda from s alone; with one ORT thread
+the float arithmetic is fixed too. A checkpoint holds parameters, AdamW moments and the step, so a
+run resumed from one ends with the same bytes as a run never interrupted (a test checks this).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from onnxcomp.data import Split, batches
+from onnxcomp.errors import TrainingError
+from onnxcomp.metrics import error_rate, predictions, truth_rows
+from onnxcomp.passes.epr.form import EprSpec, latent_entropy_bits
+from onnxcomp.training.losses import LAMBDA_INPUT, Teacher, loss_graph, placeholder_targets, resolve_loss, task_feed
+from onnxcomp.training.session import TrainingSession, generate_artifacts
+from onnxcomp.training.workspace import RunDir, fingerprint
+
+EVAL_BATCH = 500
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: float = 25.0
+    lam: float = 0.3
+    lr: float = 1e-3
+    batch: int = 128
+    warmup_steps: int = 50
+    decay: float = 0.5          # cosine to 0 over this final fraction of the steps
+    lambda_warmup: float = 1.0  # epochs of linear lambda ramp
+    loss: str = "auto"
+    temperature: float = 1.0
+    checkpoint_every: int = 500
+    threads: int = 1
+
+
+@dataclass
+class TrainResult:
+    parameters: dict[str, np.ndarray]
+    history: list[dict]
+    val_error: float | None      # of the rounded model, last epoch
+    steps: int
+    step_seconds: float          # median wall time of one training step
+    loss: str                    # ce or distill
+
+    @property
+    def estimated_bytes(self) -> float | None:
+        return self.history[-1]["estimated_bytes"] if self.history else None
+
+
+def lr_at(step: int, total: int, o: TrainOptions) -> float:
+    """Linear warm-up, constant, then cosine to 0 over the last ``decay`` of the run."""
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    start = int(total * (1.0 - o.decay))
+    if step < start:
+        return o.lr
+    return o.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - start) / max(1, total - start))))
+
+
+def lambda_at(step: int, steps_per_epoch: int, o: TrainOptions) -> float:
+    ramp = o.lambda_warmup * steps_per_epoch
+    return o.lam if ramp <= 0 else o.lam * min(1.0, (step + 1) / ramp)
+
+
+def noise_at(seed: int, step: int, n: int) -> np.ndarray:
+    """Uniform(-1/2, 1/2) noise of step ``step``: a function of (seed, step) only, so resumable."""
+    return np.random.default_rng([seed, step]).random(n, dtype=np.float32) - np.float32(0.5)
+
+
+class EprTrainer:
+    """One fine-tuning run of an EPR graph (``model``: onnx.ModelProto with the metadata)."""
+
+    def __init__(self, model: onnx.ModelProto, spec: EprSpec, train: Split, val: Split | None, options: TrainOptions, *,
+                 seed: int, teacher: Teacher, say: Callable[[str], None], progress: bool) -> None:
+        self.spec, self.train, self.val, self.o = spec, train, val, options
+        self.seed, self.teacher, self.say, self.progress = seed, teacher, say, progress
+        self.task = resolve_loss(options.loss, train, teacher, "finetune", options.temperature)
+        self.graph = loss_graph(model, spec.rate_output, spec.num_params, self.task)
+        self.steps_per_epoch = math.ceil(len(train) / options.batch)
+        self.total_steps = max(1, round(options.epochs * self.steps_per_epoch))
+        # What a saved state must match to be resumed: the graph, the data, the seed, the options.
+        self.fingerprint = fingerprint(self.graph.SerializeToString(), [asdict(options), seed, len(train)], train)
+        self._reference: np.ndarray | None = None  # the original model's val predictions
+
+    def run(self, run_dir: RunDir) -> TrainResult:
+        """Train to the end, continuing from ``run_dir``'s checkpoint when it holds one of this run
+        (a finished run is returned as it was saved)."""
+        state = run_dir.begin(requires=("checkpoint",))
+        if state and state.get("done"):
+            self.say(f"  finished before the interruption, reusing {run_dir.path}")
+            return TrainResult(run_dir.arrays(), state["history"], state["val_error"], state["step"],
+                               state["step_seconds"], state["loss"])
+        checkpoint = run_dir.path / "checkpoint"
+        artifacts = generate_artifacts(self.graph, self.spec.trainable, [], run_dir.path / "artifacts")
+        session = TrainingSession(artifacts, lr=self.o.lr, seed=self.seed, threads=self.o.threads,
+                                  checkpoint=checkpoint if state else None)
+        history: list[dict] = state["history"] if state else []
+        if state:
+            self.say(f"  resuming at step {session.steps} of {self.total_steps} from {run_dir.path}")
+
+        def save() -> None:
+            session.save_checkpoint(checkpoint)
+            run_dir.save({"step": session.steps, "history": history})
+
+        step_times: list[float] = []
+        last_good = session.steps
+        bar = self._bar(session.steps)
+        while session.steps < self.total_steps:
+            epoch, position = divmod(session.steps, self.steps_per_epoch)
+            sums = {"task": 0.0, "rate": 0.0, "n": 0}
+            for batch_index, batch in enumerate(batches(self.train, self.o.batch, shuffle_seed=self.seed * 1000 + epoch)):
+                if batch_index < position:
+                    continue  # resumed mid-epoch: these batches were trained before the interruption
+                if session.steps >= self.total_steps:
+                    break
+                step = session.steps
+                start = time.perf_counter()  # a step's wall time includes drawing its noise
+                session.set_lr(lr_at(step, self.total_steps, self.o))
+                feed = self._feed(batch, lambda_at(step, self.steps_per_epoch, self.o), noise_at(self.seed, step, self.spec.num_params))
+                try:
+                    _, task, rate, _ = session.step(feed)
+                except TrainingError as failure:
+                    raise TrainingError(
+                        f"{failure}; stopped. The last good checkpoint (step {last_good}) is kept in {run_dir.path}; "
+                        "check the data for NaN/inf, or start over with a lower finetune{lr=..} or lambda "
+                        "(--resume continues from that checkpoint with unchanged options)") from failure
+                step_times.append(time.perf_counter() - start)
+                sums["task"] += float(task)
+                sums["rate"] += float(rate)
+                sums["n"] += 1
+                if bar is not None:
+                    bar.update(1)
+                    if sums["n"] % 20 == 0:
+                        bar.set_postfix_str(f"task {sums['task'] / sums['n']:.4f} rate {sums['rate'] / sums['n'] / self.spec.num_params:.3f} b/w")
+                if session.steps % self.o.checkpoint_every == 0 and session.steps < self.total_steps:
+                    save()
+                    last_good = session.steps
+            if sums["n"] == 0:
+                continue
+            history.append(self._epoch_row(session, epoch, sums))
+            save()
+            last_good = session.steps
+        if bar is not None:
+            bar.close()
+        params = session.parameters(trainable_only=True)
+        val = history[-1].get("val_error") if history else None
+        step_seconds = float(np.median(step_times)) if step_times else float("nan")
+        result = TrainResult(params, history, val, session.steps, step_seconds, self.task.kind)
+        run_dir.save({"done": True, "step": result.steps, "history": history, "val_error": val,
+                      "step_seconds": step_seconds, "loss": result.loss}, arrays=params)
+        return result
+
+    def _feed(self, batch: Split, lam: float, noise: np.ndarray) -> dict[str, np.ndarray]:
+        feed = task_feed(batch, self.task, self.teacher)
+        feed[LAMBDA_INPUT] = np.float32(lam)
+        feed[self.spec.noise_input] = noise
+        return feed
+
+    def evaluate(self, session: TrainingSession, split: Split) -> float:
+        """Error of the rounded model (noise off) on ``split`` (``onnxcomp.metrics``' definition:
+        against its labels, else the share of samples whose predictions differ from the
+        original model's)."""
+        zeros = np.zeros(self.spec.num_params, np.float32)
+        axis = self.task.class_axis
+
+        def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            feed = dict(inputs)
+            feed[LAMBDA_INPUT] = np.float32(0.0)
+            feed[self.spec.noise_input] = zeros
+            feed.update(placeholder_targets(self.task, len(next(iter(inputs.values())))))  # the task output is not read
+            return session.eval(feed)[3]
+
+        if split.labels is not None:
+            truth = truth_rows(split.labels)
+        else:
+            if self._reference is None:
+                self._reference = predictions(self.teacher.logits, split, EVAL_BATCH, axis)
+            truth = self._reference
+        return error_rate(predictions(predict, split, EVAL_BATCH, axis), truth)
+
+    def _epoch_row(self, session: TrainingSession, epoch: int, sums: dict) -> dict:
+        params = session.parameters(trainable_only=True)
+        entropy = latent_entropy_bits(self.spec, params)
+        row = {"epoch": epoch + 1, "step": session.steps, "task_loss": sums["task"] / sums["n"],
+               "graph_rate_bits_per_weight": sums["rate"] / sums["n"] / self.spec.num_params,
+               "entropy_bits_per_weight": entropy / self.spec.num_params, "estimated_bytes": entropy / 8.0}
+        if self.val is not None:
+            row["val_error"] = self.evaluate(session, self.val)
+        self.say(f"  epoch {epoch + 1}/{math.ceil(self.total_steps / self.steps_per_epoch)}: task {row['task_loss']:.4f}, "
+                 f"rate {row['graph_rate_bits_per_weight']:.3f} bits/weight (noisy), latents "
+                 f"{row['entropy_bits_per_weight']:.3f} bits/weight ({row['estimated_bytes'] / 1000:.1f} KB)"
+                 + (f", val error {100 * row['val_error']:.2f}%" if "val_error" in row else ""))
+        return row
+
+    def _bar(self, start: int):
+        if not self.progress or not sys.stderr.isatty():
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=self.total_steps, initial=start, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
