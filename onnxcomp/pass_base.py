@@ -4,7 +4,9 @@ A pass is a small in-place transformation of an onnx-ir model (``onnx_ir.passes.
 ``call(model)`` returns ``PassResult(model, modified)``. Its options are dataclass fields with a
 default and a ``help`` text in the field metadata; pipelines set them by name
 (``quantize{bits=5}``). Passes that need more than the model (data, a seed, the report) read
-:class:`CompileContext`, which the pipeline runner hands to every pass before it runs.
+:class:`CompileContext`, which the pipeline runner hands to every pass before it runs. What a
+pass found beyond the model (a training run, a budget search) it records there as a typed
+:class:`PassReport`, which the report prints without knowing the method.
 """
 
 from __future__ import annotations
