@@ -132,7 +132,7 @@ class SearchOutcome(Generic[S, R]):
     met: bool  # False: no run met the budget, ``chosen`` is the most accurate
 
 
-def search_budget(*, who: str, budget: float, runs: int, first: S, train: Callable[[S, int], R],
+def search_budget(*, who: str, budget: float, runs: int, first: S, train: Callable[[S], R],
                   measure: Callable[[R], tuple[float, float]], propose: Callable[[list[Trial[S, R]]], S],
                   describe: Callable[[S], str], stop_when_met: bool, say: Callable[[str], None],
                   warn: Callable[[str], None]) -> SearchOutcome[S, R]:
@@ -143,7 +143,7 @@ def search_budget(*, who: str, budget: float, runs: int, first: S, train: Callab
     trials: list[Trial[S, R]] = []
     settings = first
     for i in range(runs):
-        result = train(settings, i)
+        result = train(settings)
         val_error, size = measure(result)
         trial = Trial(settings, result, val_error, size)
         trials.append(trial)

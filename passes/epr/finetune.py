@@ -127,11 +127,11 @@ class FinetunePass(CompressionPass):
         proto = to_proto(model)
         budget = error_budget(ctx.max_error, ctx.max_error_increase, ctx.data.val, teacher.session)
         with Workspace(ctx.work_dir, self.name, ctx.resume) as workspace:
-            def train(lam: float, _: int) -> TrainResult:
+            def train(lam: float) -> TrainResult:
                 return self._train(proto, spec, teacher, lam, workspace)
 
             if budget is None:
-                lam, result = self.lam, train(self.lam, 0)
+                lam, result = self.lam, train(self.lam)
                 runs = [(lam, result)]
             else:
                 outcome = search_budget(

@@ -22,7 +22,7 @@ the next round and ends with the same bytes.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -120,12 +120,12 @@ class WeightFixPass(CompressionPass):
         fixer = _Fixer(self, proto, start)
         budget = fixer.budget()
         with Workspace(ctx.work_dir, self.name, ctx.resume) as workspace:
-            def train(settings: tuple[float, int], _: int) -> FixRun:
+            def train(settings: tuple[float, int]) -> FixRun:
                 return fixer.fix(*settings, workspace)
 
             first = (self.gamma0, self.order)
             if budget is None:
-                chosen = train(first, 0)
+                chosen = train(first)
                 runs = [chosen]
             else:
                 outcome = search_budget(

@@ -75,8 +75,32 @@ def test_error_budget_searches_lambda(mlp, digits, tmp_path):
     search = report["metrics"]["search"]
     lambdas = [run["lambda"] for run in search["runs"]]
     assert lambdas == pytest.approx([0.3, 0.9, 2.7])  # every run met the loose budget: lambda grows
-    assert search["chosen_lambda"] in lambdas
+    assert search["chosen_lambda"] in lambdas and search["met"]
     assert report["metrics"]["val_error"] <= 0.95
+
+
+def test_an_interrupted_search_reuses_finished_trainings_and_ends_with_the_same_bytes(mlp, digits, tmp_path, monkeypatch):
+    pipeline = "normalize,epr-reparam{prior=logistic},finetune{epochs=1 search_runs=2},pack"
+    compress_quiet(mlp, tmp_path / "a.onnx", pipeline, data=digits, max_error=0.95)
+    real_step = TrainingSession.step
+    sessions = []
+
+    def interrupted(self, inputs):
+        if self not in sessions:
+            sessions.append(self)
+        if len(sessions) == 2 and self.steps == 2:  # inside the second training of the search
+            raise KeyboardInterrupt
+        return real_step(self, inputs)
+
+    monkeypatch.setattr(TrainingSession, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compress_quiet(mlp, tmp_path / "b.onnx", pipeline, data=digits, max_error=0.95)
+    monkeypatch.setattr(TrainingSession, "step", real_step)
+    lines = []
+    compress(mlp, tmp_path / "b.onnx", pipeline, data=digits, max_error=0.95, resume=True, say=lines.append)
+    assert sum("finished before the interruption" in line for line in lines) == 1
+    assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+    assert not (tmp_path / "b.onnx.train").exists()
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(mlp, digits, tmp_path, capsys):

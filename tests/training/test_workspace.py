@@ -52,7 +52,7 @@ def search(errors_sizes, stop_when_met, budget=0.1, runs=None):
     """search_budget over settings 0, 1, 2, ... whose (val error, size) are given."""
     said, warned, trained = [], [], []
 
-    def train(setting, index):
+    def train(setting):
         trained.append(setting)
         return errors_sizes[setting]
 
