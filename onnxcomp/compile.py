@@ -1,7 +1,8 @@
 """The compile driver: file in, pipeline, file out, report. The CLI and the Python API call this.
 
-The caller's model is never changed (the driver loads its own copy), the output is written
-atomically, and ``compress`` reads only the train and validation splits of the data: the test
+The caller's model is never changed (the driver loads its own copy), the output is staged, checked
+(report, validation metrics) and moved into place last, so a failed run leaves no file, and
+``compress`` reads only the train and validation splits of the data: the test
 split is for ``onnxcomp eval`` alone.
 """
 
@@ -13,12 +14,13 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from onnxcomp.errors import DataError
-from onnxcomp.model_io import load_model, save_model, to_proto, write_bytes_atomic
+from onnxcomp.model_io import StagedModel, load_model, to_proto, write_bytes_atomic
 from onnxcomp.pass_base import CompileContext
 from onnxcomp.pipeline import parse_pipeline
 from onnxcomp.report import payload_bytes, tensor_rows, weight_params
@@ -61,10 +63,9 @@ def compress(
     if max_error is not None and max_error_increase is not None:
         raise DataError("give --max-error or --max-error-increase, not both")
     model = load_model(input_path)
-    original_proto = to_proto(model)
-    original_bytes = Path(input_path).stat().st_size
-    original_payload = payload_bytes(model)
-    original_weights = weight_params(model)
+    original = Original(Path(input_path), to_proto(model), Path(input_path).stat().st_size, payload_bytes(model),
+                        weight_params(model))
+    original_proto = original.proto
     dataset = load_compile_data(data, original_proto) if data else None
     # Checkpoints of training passes live beside the output until it is written, so that an
     # interrupted run can be resumed with the same command plus --resume.
@@ -76,43 +77,65 @@ def compress(
     n = len(pipe.passes)
     counter = iter(range(1, n + 1))
     timings = pipe.run(model, context, on_pass=lambda p: say(f"[{next(counter)}/{n}] {p}"))
-    written = save_model(model, output_path)
+    # The output is checked (report, validation metrics) where it was staged and moved into place
+    # last: a run that fails anywhere leaves no output file behind.
+    with StagedModel(model, output_path) as staged:
+        report = build_report(original, model, staged, pipe, context, timings)
+        if report_path:
+            write_json(report_path, report)
+        staged.commit()
     shutil.rmtree(work_dir, ignore_errors=True)
+    return report
 
-    params = sum(int(np.prod(s)) if s else 1 for s in original_weights.values())
+
+@dataclass(frozen=True)
+class Original:
+    """The model as the user gave it: what the report compares the output with."""
+
+    path: Path
+    proto: Any                          # onnx.ModelProto
+    file_bytes: int
+    payload_bytes: int
+    weights: dict[str, tuple[int, ...]]  # float tensors it stores, by name
+
+
+def build_report(original: Original, model, staged: StagedModel, pipe, context: CompileContext,
+                 timings: dict[str, float]) -> dict[str, Any]:
+    """The report of one compile (``--report``'s JSON; the CLI prints its summary table), of the
+    output as staged (not yet in place)."""
+    params = sum(int(np.prod(s)) if s else 1 for s in original.weights.values())
     payload = payload_bytes(model)
     notes = context.tensor_notes
     coded = [v for v in notes.values() if v.get("codec") == "ans"]
     report: dict[str, Any] = {
-        "input": str(input_path),
-        "output": str(output_path),
+        "input": str(original.path),
+        "output": str(staged.dest),
         "pipeline": str(pipe),
-        "seed": seed,
-        "original_bytes": original_bytes,
-        "compressed_bytes": written,
-        "original_payload_bytes": original_payload,
+        "seed": context.seed,
+        "original_bytes": original.file_bytes,
+        "compressed_bytes": staged.size,
+        "original_payload_bytes": original.payload_bytes,
         "payload_bytes": payload,
         "params": params,
         "bits_per_param": 8.0 * payload / max(1, params),
         "ans_bitstream_bytes": int(sum(v["bitstream_bytes"] for v in coded)),
         "ans_ideal_bytes": float(sum(v["ideal_bits"] for v in coded) / 8.0),
-        "tensors": tensor_rows(original_weights, model, notes),
+        "tensors": tensor_rows(original.weights, model, notes),
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "notes": context.log,
     }
     for section, result in context.results.items():
         if section != "search":  # a budget search is reported with the metrics it was judged by
             report[section] = result.as_json()
+    dataset = context.data
     if dataset is not None and dataset.val is not None:
-        say("evaluating on the validation split")
+        context.say("evaluating on the validation split")
         t = time.perf_counter()
-        report["metrics"] = validation_metrics(original_proto.SerializeToString(), str(output_path), dataset.val)
+        report["metrics"] = validation_metrics(original.proto.SerializeToString(), str(staged.path), dataset.val)
         if "search" in context.results:
             report["metrics"]["search"] = context.results["search"].as_json()
         report["timings_s"]["evaluate"] = round(time.perf_counter() - t, 4)
     report["summaries"] = [line for r in context.results.values() if (line := r.summary())]
-    if report_path:
-        write_json(report_path, report)
     return report
 
 

@@ -59,7 +59,8 @@ def fold_constant_decoders(model: ir.Model) -> int:
         name = out.name
         value = ir.Value(name=name + ".folding", shape=ir.Shape(result.shape),
                          type=ir.TensorType(ir.DataType.from_numpy(result.dtype)),
-                         const_value=ir.tensor(np.ascontiguousarray(result)))
+                         # np.asarray: ascontiguousarray would turn a 0-d result into shape [1]
+                         const_value=ir.tensor(np.asarray(result) if result.flags.c_contiguous else result.copy(order="C")))
         graph.register_initializer(value)
         out.replace_all_uses_with(value, replace_graph_outputs=True)
         graph.remove(node, safe=True)

@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxcomp.model_io import load_model
-from onnxcomp.report import format_table
+from onnxcomp.report import format_table, stored_tensors
 from onnxcomp.runtime import format as fmt
 
 
@@ -33,12 +33,15 @@ def inspect_model(path: str | os.PathLike) -> dict[str, Any]:
             "symbols": int(node.inputs[fmt.INPUT_FREQUENCIES].const_value.size),
             "format_version": node.attributes.get_int("format_version", -1),
         })
+    # Every tensor the file stores, as compress counts them: initializers of all graphs (If/Loop
+    # bodies too) and Constant-node values.
+    stored = stored_tensors(model)
     plain = [
-        {"name": name, "dtype": v.const_value.dtype.name.lower(), "shape": list(v.const_value.shape), "bytes": int(v.const_value.nbytes)}
-        for name, v in graph.initializers.items()
-        if name not in coded_inputs and v.const_value is not None
+        {"name": name, "dtype": t.dtype.name.lower(), "shape": list(t.shape), "bytes": int(t.nbytes)}
+        for name, t in stored.items()
+        if name not in coded_inputs
     ]
-    payload = sum(v.const_value.nbytes for v in graph.initializers.values() if v.const_value is not None)
+    payload = sum(t.nbytes for t in stored.values())
     return {
         "file": str(path),
         "file_bytes": Path(path).stat().st_size,

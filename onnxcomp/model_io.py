@@ -2,13 +2,15 @@
 
 Loading turns every way a file can be bad into a ModelLoadError that names the file. Saving is
 atomic (temporary file in the destination folder, then rename), so an interrupted or failed run
-never leaves a partial output; models whose tensors exceed protobuf's 2 GB limit are written
+never leaves a partial output (:class:`StagedModel` goes further: the file can be checked before
+it is moved into place); models whose tensors exceed protobuf's 2 GB limit are written
 with external data beside the file.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -67,6 +69,39 @@ def save_model(model: ir.Model, path: str | os.PathLike) -> int:
     data = to_proto(model).SerializeToString()
     write_bytes_atomic(dest, data)
     return len(data)
+
+
+class StagedModel:
+    """A model written beside its destination under its final file name, inside a hidden
+    temporary folder, so it can be opened and checked (external data included) before
+    :meth:`commit` moves it into place; :meth:`discard` (or leaving the ``with`` block by an
+    error) removes it, so a failed run leaves no output behind."""
+
+    def __init__(self, model: ir.Model, path: str | os.PathLike) -> None:
+        self.dest = Path(path)
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self._dir = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.", dir=self.dest.parent))
+        self.path = self._dir / self.dest.name
+        try:
+            self.size = save_model(model, self.path)
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> None:
+        for staged in sorted(self._dir.iterdir(), key=lambda f: f.name == self.dest.name):  # the model last
+            os.replace(staged, self.dest.parent / staged.name)
+        self._dir.rmdir()
+
+    def discard(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> StagedModel:
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if exc_type is not None:
+            self.discard()
 
 
 def write_bytes_atomic(dest: Path, data: bytes) -> None:

@@ -107,7 +107,7 @@ def tensor_rows(original: dict[str, tuple[int, ...]], model: ir.Model, notes: di
                 ints = np.concatenate([i.const_value.numpy().reshape(-1) for i in int_inits]) if int_inits else None
                 row["codec"] = f"raw-{int_inits[0].const_value.dtype.name.lower()}" if int_inits else "float-graph"
             values_for_stats = ints if ints is not None else np.zeros(0)
-        row["bits_per_param"] = 8.0 * row["bytes"] / params
+        row["bits_per_param"] = 8.0 * row["bytes"] / params if params else 0.0
         row["unique_values"] = int(np.unique(values_for_stats).size)
         row["entropy_bits"] = entropy_bits(values_for_stats)
         for key in ("bits", "rounding", "method", "prior", "decoder"):

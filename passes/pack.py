@@ -31,10 +31,16 @@ INT_TYPES = (ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32, ir.DataType
 
 
 def is_data_use(use: ir.Usage) -> bool:
+    """``use`` reads integers as weight data: a Cast (latents -> float), or the indices of a
+    Gather into a constant table (weight fixing's codebook). A Gather index into anything else
+    is shape arithmetic (``Shape -> Gather(0)``) and stays as the exporter wrote it."""
     node = use.node
     if node.domain != "":
         return False
-    return node.op_type == "Cast" or (node.op_type == "Gather" and use.idx == 1)
+    if node.op_type == "Gather" and use.idx == 1:
+        table = node.inputs[0]
+        return table is not None and table.is_initializer()
+    return node.op_type == "Cast"
 
 
 @register_pass
@@ -65,7 +71,7 @@ class PackPass(CompressionPass):
             if tensor is None or tensor.dtype not in INT_TYPES:
                 continue
             uses = list(value.uses())
-            if not uses or value.is_graph_output() or value.is_graph_input() or not all(is_data_use(u) for u in uses):
+            if not tensor.shape.dims or not uses or value.is_graph_output() or value.is_graph_input() or not all(is_data_use(u) for u in uses):
                 continue
             array = tensor.numpy()
             if array.size and (int(array.min()) < -(2**31) or int(array.max()) >= 2**31):

@@ -249,7 +249,9 @@ def external_data_ref(name: str, array: np.ndarray, location: str, offset: int) 
 
 def tensor_proto(name: str, array: np.ndarray) -> bytes:
     """Serialize a numpy array as a TensorProto with raw_data (little-endian)."""
-    a = np.ascontiguousarray(array)
+    a = np.asarray(array)  # not ascontiguousarray: that turns a 0-d array into shape [1]
+    if not a.flags.c_contiguous:
+        a = a.copy(order="C")
     out = bytearray()
     for d in a.shape:
         out += varint_field(TENSOR_DIMS, d)

@@ -133,3 +133,24 @@ def test_unlabeled_npz_data_drives_the_search(mlp_file, tmp_path):
     rep = json.loads(report.read_text())
     assert rep["metrics"]["val_disagreement"] <= 0.02
     assert {t["name"]: t for t in rep["tensors"]}["W1"]["rounding"] == "gptq"
+
+
+def test_a_run_that_fails_after_the_passes_leaves_no_output(mlp_file, tmp_path, monkeypatch):
+    """The output is staged and checked first: a failure in the report or the validation metrics
+    (here: an evaluation that raises) leaves neither the file nor the staging folder."""
+    import onnxcomp.compile as compile_module
+    from onnxcomp.errors import DataError
+
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).random((40, 64)).astype(np.float32))
+
+    def failing(*args, **kwargs):
+        raise DataError("evaluation failed on purpose")
+
+    monkeypatch.setattr(compile_module, "validation_metrics", failing)
+    with pytest.raises(DataError, match="on purpose"):
+        compile_module.compress(mlp_file, tmp_path / "out" / "o.onnx", data=str(tmp_path / "calib.npz"), progress=False,
+                                report_path=tmp_path / "out" / "r.json")
+    assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.undo()
+    compile_module.compress(mlp_file, tmp_path / "out" / "o.onnx", progress=False)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["o.onnx"]
