@@ -72,17 +72,12 @@ def encode_tensor(values: np.ndarray) -> EncodedTensor:
         raise ValueError(f"value range {lo}..{hi} exceeds {fmt.MAX_SYMBOLS} symbols")
     counts = np.bincount(flat - lo, minlength=max(2, hi - lo + 1)) if flat.size else np.zeros(2, np.int64)
     freqs = quantize_counts(counts)
-    symbols = (flat - lo).astype(np.int32)
-    model = constriction.stream.model.Categorical((freqs - 1).astype(np.float64), perfect=False)
-    coder = constriction.stream.stack.AnsCoder()
-    if symbols.size:
-        coder.encode_reverse(symbols, model)
-    words = coder.get_compressed().astype("<u4")
+    bitstream = ans_encode((flat - lo).astype(np.int32), freqs)
     nz = counts[counts > 0]
-    ideal = float(-(counts * np.log2(freqs / float(1 << fmt.PRECISION))).sum())
+    ideal = ideal_bits(counts, freqs)
     entropy = float(-(nz * np.log2(nz / max(1, flat.size))).sum()) if flat.size else 0.0
     return EncodedTensor(
-        bitstream=np.frombuffer(words.tobytes(), dtype=np.uint8).copy(),
+        bitstream=bitstream,
         frequencies=freqs.astype(np.int32),
         offset=lo,
         shape=tuple(int(d) for d in v.shape),
@@ -90,6 +85,65 @@ def encode_tensor(values: np.ndarray) -> EncodedTensor:
         ideal_bits=ideal,
         empirical_entropy_bits=entropy,
     )
+
+
+def ans_encode(symbols: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+    """The ANS stream (FORMAT.md section 3) of ``symbols`` (0-based int32) under table ``freqs``,
+    as uint8 bytes of little-endian uint32 words."""
+    import constriction
+
+    model = constriction.stream.model.Categorical((freqs - 1).astype(np.float64), perfect=False)
+    coder = constriction.stream.stack.AnsCoder()
+    if symbols.size:
+        coder.encode_reverse(symbols, model)
+    words = coder.get_compressed().astype("<u4")
+    return np.frombuffer(words.tobytes(), dtype=np.uint8).copy()
+
+
+def ideal_bits(counts: np.ndarray, freqs: np.ndarray) -> float:
+    """Code length of a histogram under an integer table: sum of -log2(f[s] / 2**precision)."""
+    return float(-(counts * np.log2(freqs / float(1 << fmt.PRECISION))).sum())
+
+
+# ONNX TensorProto data types of the floats BytePlaneDecode codes exactly.
+FLOAT_CODES = {np.dtype(np.float32): 1, np.dtype(np.float16): 10}
+
+
+@dataclass(frozen=True)
+class EncodedFloats:
+    """What one BytePlaneDecode node stores (FORMAT.md section 7), plus the report's figures."""
+
+    bitstream: np.ndarray     # uint8: the planes' streams, plane 0 first
+    stream_bytes: np.ndarray  # int64[P]
+    frequencies: np.ndarray   # int32[P, 256]
+    shape: tuple[int, ...]
+    to: int                   # TensorProto data type of the output
+    crc32: int
+    ideal_bits: float
+
+    @property
+    def payload_bytes(self) -> int:
+        return self.bitstream.nbytes + self.stream_bytes.nbytes + self.frequencies.nbytes + 8 * len(self.shape)
+
+
+def encode_floats(values: np.ndarray) -> EncodedFloats:
+    """Code a float32/float16 tensor exactly: one ANS stream per byte plane of its rotated bits."""
+    from onnxcomp.runtime.byteplane_decode import byte_planes, crc32_of_bytes
+
+    v = np.asarray(values)
+    if v.dtype not in FLOAT_CODES:
+        raise TypeError(f"exact float coding takes float32 or float16, got {v.dtype}")
+    streams, sizes, tables, ideal = [], [], [], 0.0
+    for plane in byte_planes(v):
+        counts = np.bincount(plane, minlength=fmt.PLANE_SYMBOLS)
+        freqs = quantize_counts(counts)
+        stream = ans_encode(plane.astype(np.int32), freqs)
+        streams.append(stream)
+        sizes.append(stream.size)
+        tables.append(freqs.astype(np.int32))
+        ideal += ideal_bits(counts, freqs)
+    return EncodedFloats(np.concatenate(streams), np.array(sizes, np.int64), np.stack(tables),
+                         tuple(int(d) for d in v.shape), FLOAT_CODES[v.dtype], crc32_of_bytes(v), ideal)
 
 
 def narrowest_int_dtype(lo: int, hi: int) -> np.dtype:

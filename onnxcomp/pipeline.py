@@ -21,6 +21,9 @@ PRESETS: dict[str, str] = {
     "ptq": "normalize,quantize,pack",
     "epr": "normalize,epr-reparam,finetune,pack",
     "wfn": "normalize,weight-fix,pack",
+    # Outputs bit-identical to the original's: nothing that changes arithmetic (no BatchNorm
+    # folding, no opset conversion), integers and floats coded exactly.
+    "lossless": "normalize{fold_batchnorm=false fix_versions=false},pack{floats=exact}",
 }
 
 _PASS_RE = re.compile(r"\s*([a-z][a-z0-9-]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")

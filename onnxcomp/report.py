@@ -101,7 +101,8 @@ def tensor_rows(original: dict[str, tuple[int, ...]], model: ir.Model, notes: di
             coded = [n for n in nodes if n.domain == fmt.DOMAIN]
             if coded:
                 ints = np.concatenate([_decode_node(n).reshape(-1) for n in coded])
-                row["codec"] = "ans"
+                exact = any(n.op_type == fmt.BYTE_PLANE_DECODE for n in coded)
+                row["codec"] = "exact-float" if exact else "ans"
             else:
                 int_inits = [i for i in inits if i.const_value.dtype not in FLOAT_TYPES]
                 ints = np.concatenate([i.const_value.numpy().reshape(-1) for i in int_inits]) if int_inits else None

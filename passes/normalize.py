@@ -39,6 +39,7 @@ class NormalizePass(CompressionPass):
     summary = "lift Constant weights, dedupe initializers, fix IR/opset, fold BatchNorm"
 
     fold_batchnorm: bool = field(default=True, metadata={"help": "fold BatchNormalization into a preceding Conv/Gemm"})
+    fix_versions: bool = field(default=True, metadata={"help": "bring IR and opset into what onnxruntime 1.19 runs and trains (false: keep the exporter's, as preset lossless does)"})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
@@ -49,7 +50,8 @@ class NormalizePass(CompressionPass):
             DeduplicateHashedInitializersPass(),
         ):
             modified |= sub(model).modified
-        modified |= fix_versions(model)
+        if self.fix_versions:
+            modified |= fix_versions(model)
         if self.fold_batchnorm:
             modified |= fold_batchnorms(model) > 0
         return ir.passes.PassResult(model, modified)

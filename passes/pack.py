@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.coding import EncodedTensor, encode_tensor, narrowest_int_dtype
+from onnxcomp.coding import FLOAT_CODES, EncodedTensor, encode_floats, encode_tensor, narrowest_int_dtype
 from onnxcomp.errors import PassError, PipelineError
 from onnxcomp.graph.edit import all_names, new_initializer, replace_initializer, unique_name
 from onnxcomp.graph.forms import training_form
+from onnxcomp.graph.weights import QUANTIZED_SLOTS
 from onnxcomp.pass_base import CompressionPass, register_pass
 from onnxcomp.runtime import format as fmt
+from onnxcomp.runtime.byteplane_decode import plan_byte_plane_decode
 from onnxcomp.runtime.entropy_decode import entropy_decode
 
 INT_TYPES = (ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32, ir.DataType.INT64,
@@ -43,6 +45,17 @@ def is_data_use(use: ir.Usage) -> bool:
     return node.op_type == "Cast"
 
 
+def is_quantized_use(use: ir.Usage) -> bool:
+    """``use`` reads the integer weights of an already quantized graph (DequantizeLinear's
+    input, MatMulInteger/ConvInteger/QLinear*/MatMulNBits weight slots): coded exactly, then
+    Cast back to their own type."""
+    node = use.node
+    return node.domain in ("", "com.microsoft") and use.idx in QUANTIZED_SLOTS.get(node.op_type, ())
+
+
+FLOAT_MODES = ("keep", "exact")
+
+
 @register_pass
 @dataclass
 class PackPass(CompressionPass):
@@ -50,6 +63,8 @@ class PackPass(CompressionPass):
     summary = "entropy-code integer latents into ai.onnxcomp::EntropyDecode nodes"
 
     min_elements: int = field(default=16, metadata={"help": "smaller integer tensors are stored raw (narrowest type), not coded"})
+    floats: str = field(default="keep", metadata={"help": "float initializers: keep (as they are), or exact (coded losslessly by byte planes where that is smaller)"})
+    min_float_elements: int = field(default=1024, metadata={"help": "with floats=exact, smaller float tensors stay as they are"})
     stream_symbols: int = field(default=1 << 22, metadata={"help": "larger tensors are coded as several streams (row blocks + Concat) that decode in parallel"})
 
     def validate_options(self) -> None:
@@ -57,6 +72,10 @@ class PackPass(CompressionPass):
             raise PipelineError(f"pass 'pack': option min_elements={self.min_elements} must be >= 1")
         if self.stream_symbols < 1024:
             raise PipelineError(f"pass 'pack': option stream_symbols={self.stream_symbols} must be >= 1024")
+        if self.floats not in FLOAT_MODES:
+            raise self.option_error("floats", self.floats, f"one of {', '.join(FLOAT_MODES)}")
+        if self.min_float_elements < 1:
+            raise self.option_error("min_float_elements", self.min_float_elements, ">= 1")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         finalizer = training_form(model)
@@ -68,10 +87,18 @@ class PackPass(CompressionPass):
         taken = all_names(model)
         for name, value in list(graph.initializers.items()):
             tensor = value.const_value
-            if tensor is None or tensor.dtype not in INT_TYPES:
+            if tensor is None or value.is_graph_output() or value.is_graph_input() or not value.uses():
+                continue
+            if self.floats == "exact" and tensor.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
+                modified |= self._code_floats(model, value, taken)
+                continue
+            if tensor.dtype not in INT_TYPES or not tensor.shape.dims:
                 continue
             uses = list(value.uses())
-            if not tensor.shape.dims or not uses or value.is_graph_output() or value.is_graph_input() or not all(is_data_use(u) for u in uses):
+            if all(is_quantized_use(u) for u in uses):
+                modified |= self._code_quantized(model, value, taken)
+                continue
+            if not all(is_data_use(u) for u in uses):
                 continue
             array = tensor.numpy()
             if array.size and (int(array.min()) < -(2**31) or int(array.max()) >= 2**31):
@@ -103,7 +130,62 @@ class PackPass(CompressionPass):
             modified = True
         if modified and fmt.DOMAIN not in model.opset_imports:
             model.opset_imports[fmt.DOMAIN] = fmt.DOMAIN_VERSION
+        if any(n.domain == fmt.DOMAIN and n.op_type == fmt.BYTE_PLANE_DECODE for n in graph):
+            model.opset_imports[fmt.DOMAIN] = fmt.BYTE_PLANE_DOMAIN_VERSION
         return ir.passes.PassResult(model, modified)
+
+    def _code_quantized(self, model: ir.Model, value: ir.Value, taken: set[str]) -> bool:
+        """An already quantized graph's integer weight: ANS-coded when smaller, read through a
+        Cast back to its own type (exact); else left as it is."""
+        name, array = value.name, value.const_value.numpy()
+        if array.size < self.min_elements or int(array.min()) < -(2**31) or int(array.max()) >= 2**31:
+            return False
+        parts = split_rows(array, self.stream_symbols)
+        encoded = [encode_tensor(p) for p in parts]
+        coded_bytes = sum(e.payload_bytes for e in encoded)
+        if coded_bytes >= array.nbytes:
+            self.context.note(name, codec=f"raw-{value.const_value.dtype.name.lower()}", coded_bytes=int(array.nbytes))
+            return False
+        for part, enc in zip(parts, encoded):
+            self._check_round_trip(name, part, enc)
+        self._replace(model, value, encoded, taken, cast_back=value.const_value.dtype)
+        self.context.note(name, codec="ans", streams=len(encoded), coded_bytes=coded_bytes,
+                          bitstream_bytes=sum(e.bitstream.nbytes for e in encoded),
+                          ideal_bits=sum(e.ideal_bits for e in encoded),
+                          entropy_bits=sum(e.empirical_entropy_bits for e in encoded), method="exact")
+        return True
+
+    def _code_floats(self, model: ir.Model, value: ir.Value, taken: set[str]) -> bool:
+        """A float tensor coded exactly (BytePlaneDecode) when that is smaller than storing it."""
+        name, array = value.name, value.const_value.numpy()
+        if array.size < self.min_float_elements or np.dtype(array.dtype) not in FLOAT_CODES:
+            return False
+        enc = encode_floats(array)
+        if enc.payload_bytes >= array.nbytes:
+            return False
+        back = plan_byte_plane_decode([enc.bitstream, enc.stream_bytes, enc.frequencies, np.array(enc.shape, np.int64)],
+                                      {"format_version": fmt.BYTE_PLANE_DECODE_VERSION, "to": enc.to, "crc32": enc.crc32},
+                                      name).decode()
+        if back.tobytes() != np.ascontiguousarray(array).tobytes():
+            raise PassError(f"pack: tensor {name!r} does not decode to itself exactly (coder bug)")
+        graph = model.graph
+        inputs = [
+            new_initializer(graph, unique_name(model, f"{name}.bitstream", taken), enc.bitstream),
+            new_initializer(graph, unique_name(model, f"{name}.stream_bytes", taken), enc.stream_bytes),
+            new_initializer(graph, unique_name(model, f"{name}.frequencies", taken), enc.frequencies),
+            new_initializer(graph, unique_name(model, f"{name}.shape", taken), np.array(enc.shape, np.int64)),
+        ]
+        node = ir.Node(fmt.DOMAIN, fmt.BYTE_PLANE_DECODE, inputs,
+                       {"format_version": ir.AttrInt64("format_version", fmt.BYTE_PLANE_DECODE_VERSION),
+                        "to": ir.AttrInt64("to", enc.to), "crc32": ir.AttrInt64("crc32", enc.crc32)},
+                       name=unique_name(model, f"{name}/BytePlaneDecode", taken))
+        out = node.outputs[0]
+        out.dtype, out.shape = value.const_value.dtype, ir.Shape(array.shape)
+        graph.insert_before(graph[0], [node])
+        replace_initializer(graph, value, out)
+        self.context.note(name, codec="exact-float", coded_bytes=enc.payload_bytes, ideal_bits=enc.ideal_bits,
+                          bitstream_bytes=int(enc.bitstream.nbytes))
+        return True
 
     @staticmethod
     def _narrow_behind_cast(model: ir.Model, value: ir.Value, array: np.ndarray, dtype: np.dtype, taken: set[str]) -> ir.Value:
@@ -128,8 +210,10 @@ class PackPass(CompressionPass):
             raise PassError(f"pack: tensor {name!r} does not decode to itself (coder bug)")
 
     @staticmethod
-    def _replace(model: ir.Model, value: ir.Value, parts: list[EncodedTensor], taken: set[str]) -> None:
-        """EntropyDecode node(s) producing ``value``'s name: one per stream, Concat'ed on axis 0."""
+    def _replace(model: ir.Model, value: ir.Value, parts: list[EncodedTensor], taken: set[str],
+                 cast_back: ir.DataType | None = None) -> None:
+        """EntropyDecode node(s) producing ``value``'s name: one per stream, Concat'ed on axis 0,
+        then (``cast_back``) a Cast from int32 to the tensor's own integer type."""
         graph = model.graph
         name = value.name
         nodes, outputs = [], []
@@ -158,6 +242,14 @@ class PackPass(CompressionPass):
                              name=unique_name(model, f"{name}/concat_streams", taken))
             concat.outputs[0].dtype = ir.DataType.INT32
             nodes.append(concat)
+        if cast_back is not None and cast_back != ir.DataType.INT32:
+            decoded = nodes[-1].outputs[0]
+            decoded.name = unique_name(model, f"{name}.decoded", taken)
+            decoded.shape = ir.Shape(value.const_value.shape)
+            cast = ir.Node("", "Cast", [decoded], {"to": ir.AttrInt64("to", int(cast_back))},
+                           name=unique_name(model, f"{name}/cast_back", taken))
+            cast.outputs[0].dtype = cast_back
+            nodes.append(cast)
         out = nodes[-1].outputs[0]
         out.shape = ir.Shape(value.const_value.shape)
         graph.insert_before(graph[0], nodes)

@@ -39,16 +39,16 @@ def _cache_key(inputs: list[np.ndarray], attrs: dict[str, int]) -> tuple:
     return tuple(parts)
 
 
-def _decode_cached(inputs: list[np.ndarray], attrs: dict[str, int]) -> np.ndarray:
+def _decode_cached(inputs: list[np.ndarray], attrs: dict[str, int], op_type: str = fmt.ENTROPY_DECODE) -> np.ndarray:
     global _cache_bytes
-    key = _cache_key(inputs, attrs)
+    key = (op_type, *_cache_key(inputs, attrs))
     with _lock:
         hit = _cache.get(key)
         if hit is not None:
             _cache.move_to_end(key)
             return hit
-    where = f"{fmt.DOMAIN}::{fmt.ENTROPY_DECODE} (crc32 {attrs.get('crc32', 0):#010x})"
-    out = decode_node(fmt.DOMAIN, fmt.ENTROPY_DECODE, inputs, attrs, where)
+    where = f"{fmt.DOMAIN}::{op_type} (crc32 {attrs.get('crc32', 0):#010x})"
+    out = decode_node(fmt.DOMAIN, op_type, inputs, attrs, where)
     out.setflags(write=False)
     with _lock:
         _cache[key] = out
@@ -84,6 +84,24 @@ def _define_ops() -> None:
             return _decode_cached([bitstream, frequencies, offset, shape], attrs)
         except OnnxcompError as exc:
             # onnxruntime reports the message of whatever the op raises; keep it one clear line.
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
+
+    # onnxruntime-extensions fixes a Python op's output type: this op serves float32 outputs;
+    # float16 ones decode at load (InferenceSession, decode_model, decompress).
+    @onnx_op(
+        op_type=f"{fmt.DOMAIN}::{fmt.BYTE_PLANE_DECODE}",
+        inputs=[PyCustomOpDef.dt_uint8, PyCustomOpDef.dt_int64, PyCustomOpDef.dt_int32, PyCustomOpDef.dt_int64],
+        outputs=[PyCustomOpDef.dt_float],
+        attrs={"format_version": PyCustomOpDef.dt_int64, "crc32": PyCustomOpDef.dt_int64, "to": PyCustomOpDef.dt_int64},
+    )
+    def byte_plane_decode(bitstream, stream_bytes, frequencies, shape, **attrs):
+        attrs = {k: int(v) for k, v in attrs.items()}
+        try:
+            if attrs.get("to") != 1:
+                raise OnnxcompError("the custom op serves float32 BytePlaneDecode only; decode float16 at load "
+                                    "(onnxcomp.runtime.InferenceSession)")
+            return _decode_cached([bitstream, stream_bytes, frequencies, shape], attrs, fmt.BYTE_PLANE_DECODE)
+        except OnnxcompError as exc:
             raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
 
     _registered = True

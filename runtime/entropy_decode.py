@@ -78,7 +78,7 @@ class DecodePlan:
     frequencies: np.ndarray  # int64 table
     offset: int
     shape: tuple[int, ...]
-    crc32: int
+    crc32: int | None  # None: the caller checks a CRC over more than these values (a byte plane)
     where: str
 
     @property
@@ -147,7 +147,7 @@ def iter_values(plan: DecodePlan, granularity: int = 1) -> Iterator[np.ndarray]:
         yield chunk
     if not coder.is_empty():
         raise FormatError(f"{plan.where}: bitstream has data left after {plan.count} symbols (truncated table, shape or stream)")
-    if crc != plan.crc32:
+    if plan.crc32 is not None and crc != plan.crc32:
         raise FormatError(f"{plan.where}: CRC mismatch (stored {plan.crc32:#010x}, decoded {crc:#010x}): tampered or corrupt")
 
 

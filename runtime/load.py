@@ -26,6 +26,7 @@ from onnxcomp.errors import FormatError, ModelLoadError
 
 from . import format as fmt
 from . import onnx_wire as w
+from .byteplane_decode import BytePlanePlan
 from .entropy_decode import DecodePlan
 from .ops import planner_for
 from .parallel_decode import PARALLEL_MIN_SYMBOLS, Arena, Job, run_jobs, workers_available
@@ -106,6 +107,16 @@ class DecodedTensor:
     def value_range(self) -> tuple[int, int]:
         return min(p.value_range[0] for p in self.plans), max(p.value_range[1] for p in self.plans)
 
+    @property
+    def float_dtype(self) -> np.dtype | None:
+        """The output type of exactly coded floats (BytePlaneDecode), None for integers."""
+        types = {p.dtype for p in self.plans if isinstance(p, BytePlanePlan)}
+        if not types:
+            return None
+        if len(types) > 1 or any(not isinstance(p, BytePlanePlan) for p in self.plans):
+            raise FormatError(f"node {self.concat.name if self.concat else self.name!r}: joins streams of different types")
+        return types.pop()
+
 
 def _rewrite(data: bytes, weights_file: str | None = None) -> bytes:
     """Decode every ai.onnxcomp node of the main graph.
@@ -164,6 +175,10 @@ def _rewrite(data: bytes, weights_file: str | None = None) -> bytes:
     specs, targets = [], []
     for t in tensors:
         removed.update(id(n) for n in t.nodes)
+        if t.float_dtype is not None:  # exact floats: written as decoded, nothing to fold or narrow
+            specs.append((t.shape, t.float_dtype))
+            targets.append((t.name, None, False))
+            continue
         chain = _scale_chain(t.name, sole_reader, initializers) if hand_over else None
         if chain is not None and _broadcasts(chain[3], t.shape):
             cast, mul, weight_name, step, step_first = chain

@@ -22,7 +22,7 @@ import numpy as np
 
 from onnxcomp.errors import FormatError, OnnxcompError
 
-from .entropy_decode import DecodePlan, decode_into, iter_values
+from .entropy_decode import DecodePlan, iter_values
 
 PARALLEL_MIN_SYMBOLS = 1 << 21
 ALIGN = 64
@@ -31,7 +31,7 @@ FILE_ALIGN = 1 << 16  # onnxruntime maps external data only at allocation-granul
 
 @dataclass
 class Job:
-    plan: DecodePlan
+    plan: DecodePlan  # or a BytePlanePlan (exact floats: never scaled)
     out: np.ndarray  # C-contiguous destination of exactly plan.shape elements
     step: np.ndarray | None = None  # float32 step broadcasting against plan.shape, or None for ints
     step_first: bool = False  # Mul(step, x) rather than Mul(x, step): operand order as in the graph
@@ -39,7 +39,9 @@ class Job:
     def run(self) -> None:
         shape = self.plan.shape
         if self.step is None:
-            decode_into(self.plan, self.out.reshape(-1))  # a view: out is C-contiguous
+            from .ops import plan_into
+
+            plan_into(self.plan, self.out.reshape(-1))  # a view: out is C-contiguous
             return
         row = math.prod(shape[1:])
         lead = self.step.ndim == len(shape) and self.step.shape[0] == shape[0] and shape[0] > 1

@@ -5,6 +5,8 @@ equal each other's bit for bit."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -93,3 +95,107 @@ def test_inspect_and_compress_count_the_same_weights_inside_if_bodies(tmp_path):
         feeds["cond"] = np.array(cond)
         (loaded,) = rt.InferenceSession(str(out)).run(None, feeds)
         np.testing.assert_array_equal(plain_run(plain, feeds)[0], loaded)
+
+
+def quantized_model() -> onnx.ModelProto:
+    """What onnxruntime's quantizers write: an int8 QDQ weight (DequantizeLinear -> MatMul) and a
+    uint8 MatMulInteger weight, plus a float Gemm weight left unquantized."""
+    rng = np.random.default_rng(0)
+    inits = {"wq": np.clip(np.round(rng.laplace(0, 12, (64, 48))), -127, 127).astype(np.int8),
+             "wq_scale": np.array(0.01, np.float32), "wq_zero": np.array(0, np.int8),
+             "wi": np.clip(np.round(rng.normal(128, 6, (48, 256))), 0, 255).astype(np.uint8),
+             "wi_zero": np.array(128, np.uint8),
+             "wf": rng.normal(0, 0.1, (256, 16)).astype(np.float32)}
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "wq_scale", "wq_zero"], ["w1"]),
+             helper.make_node("MatMul", ["x", "w1"], ["h"]),
+             helper.make_node("DynamicQuantizeLinear", ["h"], ["hq", "h_scale", "h_zero"]),
+             helper.make_node("MatMulInteger", ["hq", "wi", "h_zero", "wi_zero"], ["hi"]),
+             helper.make_node("Cast", ["hi"], ["hf"], to=TensorProto.FLOAT),
+             helper.make_node("Gemm", ["hf", "wf"], ["y"])]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], inits)
+
+
+def test_integer_weights_of_quantized_models_are_coded_exactly(tmp_path):
+    src = tmp_path / "q.onnx"
+    onnx.save(quantized_model(), src)
+    feeds = {"x": np.random.default_rng(1).random((5, 64)).astype(np.float32)}
+    (reference,) = plain_run(src, feeds)
+    for preset in ("ptq", "lossless"):
+        out = tmp_path / f"{preset}.onnx"
+        report = compress(src, out, preset, progress=False)
+        codecs = {r["name"]: r["codec"] for r in report["tensors"]}
+        packed = onnx.load(out)
+        decoded = {n.output[0] for n in packed.graph.node if n.domain == "ai.onnxcomp"}
+        assert {"wq.decoded", "wi.decoded"} <= decoded, decoded
+        (loaded,) = rt.InferenceSession(str(out)).run(None, feeds)
+        plain = tmp_path / f"{preset}.plain.onnx"
+        decompress(out, plain)
+        (decompressed,) = plain_run(plain, feeds)
+        np.testing.assert_array_equal(decompressed, loaded)
+        if preset == "lossless":  # every weight exact: the outputs are the original's, bit for bit
+            np.testing.assert_array_equal(loaded, reference)
+            assert os.path.getsize(out) < os.path.getsize(src)
+        else:  # the float Gemm weight was quantized as usual
+            assert codecs.get("wf") in ("ans", "raw-int8", "raw-int16")
+
+
+def cnn_with_batchnorm() -> onnx.ModelProto:
+    """Conv + BatchNorm (which lossless must not fold: folding changes float arithmetic) + a
+    float32 MatMul weight large enough to gain from exact coding, and a float16 one."""
+    rng = np.random.default_rng(0)
+    inits = {"conv.W": rng.normal(0, 0.2, (8, 1, 3, 3)).astype(np.float32),
+             "bn.scale": rng.uniform(0.5, 1.5, 8).astype(np.float32), "bn.B": rng.normal(0, 0.1, 8).astype(np.float32),
+             "bn.mean": rng.normal(0, 0.1, 8).astype(np.float32), "bn.var": rng.uniform(0.5, 1.5, 8).astype(np.float32),
+             "fc.W": rng.normal(0, 0.05, (8 * 8 * 8, 64)).astype(np.float32),
+             "fc2.W": rng.normal(0, 0.1, (64, 128)).astype(np.float16)}
+    nodes = [helper.make_node("Conv", ["x", "conv.W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.B", "bn.mean", "bn.var"], ["n"]),
+             helper.make_node("Relu", ["n"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc.W"], ["h"]),
+             helper.make_node("Cast", ["h"], ["h16"], to=TensorProto.FLOAT16),
+             helper.make_node("MatMul", ["h16", "fc2.W"], ["y"])]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 128])], inits)
+
+
+def test_lossless_codes_floats_exactly_and_every_path_agrees(tmp_path):
+    src = tmp_path / "cnn.onnx"
+    onnx.save(cnn_with_batchnorm(), src)
+    out = tmp_path / "l.onnx"
+    report = compress(src, out, "lossless", progress=False)
+    codecs = {r["name"]: r["codec"] for r in report["tensors"]}
+    assert codecs["fc.W"] == codecs["fc2.W"] == "exact-float" and codecs["bn.scale"] == "float32"
+    assert {o.domain: o.version for o in onnx.load(out).opset_import}["ai.onnxcomp"] == 2
+    feeds = {"x": np.random.default_rng(1).random((4, 1, 8, 8)).astype(np.float32)}
+    (reference,) = plain_run(src, feeds)
+    (loaded,) = rt.InferenceSession(str(out)).run(None, feeds)
+    np.testing.assert_array_equal(loaded, reference)
+    plain = tmp_path / "plain.onnx"
+    decompress(out, plain)
+    original = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(src).graph.initializer}
+    restored = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(plain).graph.initializer}
+    assert restored.keys() == original.keys()
+    for name, array in original.items():
+        assert restored[name].dtype == array.dtype and restored[name].tobytes() == array.tobytes(), name
+    # The custom op serves float32 outputs; a file with a float16 BytePlaneDecode decodes at load.
+    out32 = tmp_path / "l32.onnx"
+    src32 = tmp_path / "cnn32.onnx"
+    model32 = cnn_with_batchnorm()
+    del model32.graph.node[-2:]
+    model32.graph.output[0].CopyFrom(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 64]))
+    del model32.graph.initializer[-1]
+    onnx.save(model32, src32)
+    compress(src32, out32, "lossless", progress=False)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    rt.register(options)
+    out, src = out32, src32
+    (custom,) = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+    no_opt = ort.SessionOptions()
+    no_opt.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # onnxruntime pre-packs constant MatMul weights (another summation order) but never a custom
+    # op's output: compare with pre-packing off
+    no_opt.add_session_config_entry("session.disable_prepacking", "1")
+    np.testing.assert_array_equal(custom, ort.InferenceSession(str(src), no_opt, providers=["CPUExecutionProvider"]).run(None, feeds)[0])

@@ -35,10 +35,35 @@ def entropy_decode_schema() -> OpSchema:
     )
 
 
+def byte_plane_decode_schema() -> OpSchema:
+    P = OpSchema.FormalParameter
+    return OpSchema(
+        fmt.BYTE_PLANE_DECODE,
+        fmt.DOMAIN,
+        fmt.BYTE_PLANE_DOMAIN_VERSION,
+        doc="Decodes a float tensor exactly from ANS-coded byte planes (see FORMAT.md).",
+        inputs=[
+            P("bitstream", "tensor(uint8)", "the planes' ANS words, plane 0 first"),
+            P("stream_bytes", "tensor(int64)", "bytes of each plane's stream"),
+            P("frequencies", "tensor(int32)", "[planes, 256] integer tables, rows sum to 2**24"),
+            P("shape", "tensor(int64)", "output shape"),
+        ],
+        outputs=[P("values", "T", "decoded floats, bit-exact")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "output type, attribute 'to'")],
+        attributes=[
+            OpSchema.Attribute("format_version", OpSchema.AttrType.INT, "format version of this op"),
+            OpSchema.Attribute("to", OpSchema.AttrType.INT, "TensorProto data type of the output"),
+            OpSchema.Attribute("crc32", OpSchema.AttrType.INT, "CRC-32 of the output's bytes"),
+        ],
+    )
+
+
 def register_schemas() -> None:
     global _done
     if _done:
         return
     if not onnx.defs.has(fmt.ENTROPY_DECODE, fmt.DOMAIN):
         onnx.defs.register_schema(entropy_decode_schema())
+    if not onnx.defs.has(fmt.BYTE_PLANE_DECODE, fmt.DOMAIN):
+        onnx.defs.register_schema(byte_plane_decode_schema())
     _done = True

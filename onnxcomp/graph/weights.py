@@ -1,7 +1,7 @@
 """Which initializers are weights, and along which axes their output channels run.
 
-Shared by every weight pass (quantize now; epr-reparam and weight-fix later), so all of them agree
-on what a weight is: a float initializer feeding a Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU or
+Shared by every weight pass (quantize, epr-reparam, weight-fix), so all of them agree on what a
+weight is: a float initializer feeding a Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU or
 RNN in a weight or bias slot, or added by an Add right after a MatMul with a weight (the bias of an
 exported Linear layer).
 """
@@ -108,6 +108,13 @@ def _weight_uses(value: ir.Value) -> list[tuple[ir.Node, int, str, bool]]:
                 seen.add(id(node))
                 stack.extend((out, False) for out in node.outputs)
     return found
+
+
+def quantized_weights(model: ir.Model) -> list[str]:
+    """Integer initializers an already quantized graph reads as weights (QUANTIZED_SLOTS)."""
+    return [name for name, value in model.graph.initializers.items()
+            if value.const_value is not None and value.const_value.dtype not in FLOAT_TYPES
+            and any(u.idx in QUANTIZED_SLOTS.get(u.node.op_type, ()) for u in value.uses())]
 
 
 def find_weights(model: ir.Model) -> tuple[list[Weight], list[str]]:

@@ -33,7 +33,7 @@ import onnx_ir as ir
 
 from onnxcomp.errors import NothingToCompressError, PipelineError
 from onnxcomp.graph.edit import all_names, new_initializer, replace_initializer, unique_name
-from onnxcomp.graph.weights import Weight, find_weights
+from onnxcomp.graph.weights import Weight, find_weights, quantized_weights
 from onnxcomp.pass_base import CompressionPass, register_pass
 from onnxcomp.passes.quantize.step_rule import RD_SLOPE, quantize_array, step_for
 
@@ -66,6 +66,10 @@ class QuantizePass(CompressionPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         weights, skipped = find_weights(model)
         self.context.log.extend(skipped)
+        if not weights and quantized_weights(model):
+            # An already quantized model: pack codes its integer weights exactly.
+            self.context.warn("quantize: no float weights; the model's integer weights are coded exactly by pack")
+            return ir.passes.PassResult(model, False)
         if not weights:
             raise NothingToCompressError(
                 "quantize: the model has no float weight initializer feeding Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN"
