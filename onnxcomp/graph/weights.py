@@ -110,6 +110,37 @@ def _weight_uses(value: ir.Value) -> list[tuple[ir.Node, int, str, bool]]:
     return found
 
 
+# Inputs that hold shapes, indices, axes, sizes or regions, never data: a float initializer there
+# (a Resize roi or scales) is left alone whatever its size.
+NON_DATA_SLOTS: dict[str, set[int]] = {
+    "Reshape": {1}, "Resize": {1, 2, 3}, "Upsample": {1}, "Slice": {1, 2, 3, 4}, "Expand": {1}, "Tile": {1},
+    "Pad": {1, 2, 3}, "ConstantOfShape": {0}, "Squeeze": {1}, "Unsqueeze": {1}, "Split": {1}, "TopK": {1},
+    "Range": {0, 1, 2}, "OneHot": {1, 2}, "NonMaxSuppression": {2, 3, 4}, "Gather": {1}, "GatherElements": {1},
+    "GatherND": {1}, "ScatterElements": {1}, "ScatterND": {1}, "CumSum": {1}, "Where": {0}, "Clip": {1, 2},
+    "ReduceSum": {1}, "ReduceMean": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1},
+}
+# A float tensor read as data by other ops (a positional embedding added to the activations, a
+# constant attention bias) is a weight from this many elements on: below, steps and tables cost
+# more than they save, and small vectors (LayerNorm scales) are the most sensitive values.
+MIN_DATA_WEIGHT = 4096
+
+
+def _table_use(value: ir.Value) -> Weight | None:
+    """``value`` as a weight read as data: an embedding table (Gather's data, one step per row of
+    a [rows, width] table read along axis 0), or any large float tensor every reader takes as
+    data (per-tensor step). None for tensors in shape, index or region slots, or small ones."""
+    uses = list(value.uses())
+    tensor = value.const_value
+    if not uses or tensor.size < MIN_DATA_WEIGHT or any(u.node.domain not in ("", "com.microsoft") for u in uses):
+        return None
+    if any(u.idx in NON_DATA_SLOTS.get(u.node.op_type, ()) for u in uses):
+        return None
+    consumers = [f"{u.node.op_type} {u.node.name or '?'}" for u in uses]
+    rows = all(u.node.op_type == "Gather" and u.idx == 0 and u.node.attributes.get_int("axis", 0) == 0 for u in uses)
+    axes = (0,) if rows and len(tensor.shape) == 2 else ()
+    return Weight(value, "weight", axes, consumers)
+
+
 def quantized_weights(model: ir.Model) -> list[str]:
     """Integer initializers an already quantized graph reads as weights (QUANTIZED_SLOTS)."""
     return [name for name, value in model.graph.initializers.items()
@@ -122,7 +153,9 @@ def find_weights(model: ir.Model) -> tuple[list[Weight], list[str]]:
 
     A weight is an initializer that reaches a weight or bias slot of Conv/ConvTranspose/Gemm/
     MatMul/LSTM/GRU/RNN (also inside If/Loop bodies), directly or through data-movement ops, or
-    the bias an Add puts on a MatMul. One used directly gets per-output-channel treatment along
+    the bias an Add puts on a MatMul; or a float tensor of at least MIN_DATA_WEIGHT elements that
+    its readers take as data (embedding tables read by Gather, positional embeddings, constant
+    attention masks), never one in a shape, index or region slot. One used directly gets per-output-channel treatment along
     its op's channel axes (when all its direct uses agree); one reached through other ops, whose
     layout the op no longer sees, gets per-tensor treatment.
     """
@@ -138,7 +171,10 @@ def find_weights(model: ir.Model) -> tuple[list[Weight], list[str]]:
             if quantized:
                 skipped.append(f"{name}: {tensor.dtype.name} weight of {'/'.join(quantized)} left as is (already quantized)")
             continue
-        if not uses:
+        if not uses and tensor.dtype in FLOAT_TYPES:
+            table = _table_use(value)
+            if table is not None:
+                found.append(table)
             continue
         if tensor.dtype not in FLOAT_TYPES:
             ops = sorted({n.op_type for n, *_ in uses})
