@@ -135,6 +135,8 @@ def build_report(original: Original, model, staged: StagedModel, pipe, context: 
         if "search" in context.results:
             report["metrics"]["search"] = context.results["search"].as_json()
         report["timings_s"]["evaluate"] = round(time.perf_counter() - t, 4)
+    elif "search" in context.results:  # a search without data (quantize{target=int8}'s probes)
+        report["search"] = context.results["search"].as_json()
     report["summaries"] = [line for r in context.results.values() if (line := r.summary())]
     return report
 

@@ -50,6 +50,8 @@ class QuantizePass(CompressionPass):
     rdo: float = field(default=1.0, metadata={"help": "rate-distortion rounding strength, x the RD slope of the step (0 = plain rounding)"})
     importance: bool = field(default=True, metadata={"help": "with data, weigh each weight's error by its input's mean square"})
     gptq: bool = field(default=True, metadata={"help": "with data, error-compensating rounding (GPTQ) for Gemm/MatMul/Conv weights"})
+    target: str = field(default="rule", metadata={"help": "without an error budget: rule (every tensor at bits), or int8 (the coarsest steps whose output change on probe inputs stays within int8 weights')"})
+    probe_margin: float = field(default=1.0, metadata={"help": "with target=int8: the budget is this times int8's output change"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,6 +64,10 @@ class QuantizePass(CompressionPass):
             raise PipelineError(f"pass 'quantize': option bias_bits={self.bias_bits} must be in [0, 16]")
         if not 0.0 <= self.rdo <= 100.0:
             raise PipelineError(f"pass 'quantize': option rdo={self.rdo} must be in [0, 100]")
+        if self.target not in ("rule", "int8"):
+            raise self.option_error("target", self.target, "rule or int8")
+        if not self.probe_margin > 0:
+            raise self.option_error("probe_margin", self.probe_margin, "> 0")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         weights, skipped = find_weights(model)
@@ -88,6 +94,10 @@ class QuantizePass(CompressionPass):
             from onnxcomp.passes.quantize.step_search import search_bits
 
             bits = search_bits(model, weights, self, self.context)
+        elif self.target == "int8":
+            from onnxcomp.passes.quantize.probes import search_bits_on_probes
+
+            bits = search_bits_on_probes(model, weights, self, self.context) or bits
         taken = all_names(model)
         for w in weights:
             k, step, _ = self.quantize(w, bits[w.name])

@@ -85,6 +85,11 @@ class WeightSwapEvaluator:
 
         return predictions(predict, self.split, 1000)
 
+    def outputs(self, weights: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output of the model on the whole split (one run: for small probe sets)."""
+        feed = {k: self.split.inputs[k] for k in self.data_inputs}
+        return self.session.run(None, {**feed, **weights})
+
     def error(self, weights: dict[str, np.ndarray]) -> float:
         self.evaluations += 1
         pred = self.predictions(weights)
@@ -102,15 +107,33 @@ def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[
     if split is None:
         raise DataError("--max-error-increase needs data with a validation split (e.g. --data mnist)")
     started = time.perf_counter()
-    budget_increase = context.max_error_increase
     evaluator = WeightSwapEvaluator(model, [w.name for w in weights], split)
     originals = {w.name: w.value.const_value.numpy() for w in weights}
     if split.labels is None:
         evaluator.reference = evaluator.predictions(originals)
     base = evaluator.error(originals)
-    budget = base + budget_increase + 1e-12
-    say = (lambda msg: print(f"  quantize search: {msg}", file=sys.stderr, flush=True)) if context.progress else (lambda msg: None)
+    budget = base + context.max_error_increase + 1e-12
+    say = _say(context)
     say(f"original validation error {base:.4%}, budget {budget:.4%} ({len(split)} samples)")
+    bits, final = coarsest_bits(weights, qpass, evaluator.error, budget, say, "error")
+    seconds = time.perf_counter() - started
+    say(f"final validation error {final:.4%} (budget {budget:.4%}); {evaluator.evaluations} evaluations in {seconds:.1f} s")
+    for w in weights:
+        context.note(w.name, bits=bits[w.name])
+    context.record(StepSearchReport(base, final, budget, evaluator.evaluations, round(seconds, 2)))
+    return bits
+
+
+def _say(context):
+    if not context.progress:
+        return lambda msg: None
+    return lambda msg: print(f"  quantize search: {msg}", file=sys.stderr, flush=True)
+
+
+def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what: str) -> tuple[dict[str, float], float]:
+    """The two phases of the module doc: a global ``bits`` by bisection, then per-tensor
+    coarsening of the largest tensors, keeping ``error(weights by name) <= budget``. Returns the
+    bits per weight and the final error."""
     cache: dict[tuple[str, float], tuple[np.ndarray, float]] = {}
 
     def quantized(w: Weight, b: float) -> tuple[np.ndarray, float]:
@@ -128,13 +151,14 @@ def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[
         return {w.name: b + (qpass.bias_bits if w.role == "bias" else 0.0) for w in weights}
 
     lo, hi = BITS_LOW, BITS_HIGH
-    if evaluator.error(feed(uniform(hi))) > budget:
+    top = error(feed(uniform(hi)))
+    if top > budget:
         say(f"even {hi} bits exceed the budget; using {hi}")
-        return uniform(hi)
+        return uniform(hi), top
     while hi - lo > BITS_TOLERANCE:
         mid = (lo + hi) / 2
-        err = evaluator.error(feed(uniform(mid)))
-        say(f"bits={mid:.3f} error {err:.4%}")
+        err = error(feed(uniform(mid)))
+        say(f"bits={mid:.3f} {what} {err:.4%}")
         if err <= budget:
             hi = mid
         else:
@@ -150,18 +174,12 @@ def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[
             # spread more nonzero latents than it saves. Only a smaller tensor is worth a try.
             if quantized(w, trial[w.name])[1] >= quantized(w, bits[w.name])[1]:
                 break
-            err = evaluator.error(feed(trial))
+            err = error(feed(trial))
             if err > budget:
                 break
             bits = trial
         say(f"{w.name}: bits {bits[w.name]:.3f}")
-    final = evaluator.error(feed(bits))
-    seconds = time.perf_counter() - started
-    say(f"final validation error {final:.4%} (budget {budget:.4%}); {evaluator.evaluations} evaluations in {seconds:.1f} s")
-    for w in weights:
-        context.note(w.name, bits=bits[w.name])
-    context.record(StepSearchReport(base, final, budget, evaluator.evaluations, round(seconds, 2)))
-    return bits
+    return bits, error(feed(bits))
 
 
 def tensors_to_refine(weights: list[Weight]) -> list[Weight]:

@@ -191,3 +191,25 @@ def test_weights_reached_through_data_movement_and_inside_if_bodies_are_found():
         feeds = {"x": x, "cond": np.array(cond)}
         want = run(proto, feeds)[0]
         np.testing.assert_allclose(rt.InferenceSession(out).run(None, feeds)[0], want, atol=0.005 * np.abs(want).max())
+
+
+def test_target_int8_finds_steps_whose_probe_output_change_stays_within_int8s(tmp_path):
+    from onnxcomp.compile import compress
+
+    onnx.save(tiny_mlp(), tmp_path / "mlp.onnx")
+    report = compress(tmp_path / "mlp.onnx", tmp_path / "o.onnx", "normalize,quantize{target=int8},pack", progress=False)
+    search = report["search"]
+    assert 0 < search["final_error"] <= search["budget"] and search["evaluations"] > 5
+    rule = compress(tmp_path / "mlp.onnx", tmp_path / "r.onnx", "ptq", progress=False)
+    assert report["bits_per_param"] > rule["bits_per_param"]  # int8's change is smaller than the 4-bit rule's here
+    assert any(r.get("bits", 4.0) != 4.0 for r in report["tensors"])
+
+
+def test_probe_inputs_follow_the_declared_types_and_token_ranges():
+    from onnxcomp.passes.quantize.probes import probe_inputs
+    from tests.test_graph_forms import text_encoder
+
+    model = ir.serde.deserialize_model(text_encoder())
+    probes = probe_inputs(model, seed=0)
+    ids = probes.inputs["ids"]
+    assert ids.dtype == np.int64 and ids.shape == (8, 16) and 0 <= ids.min() and ids.max() < 1000

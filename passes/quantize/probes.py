@@ -1,0 +1,175 @@
+"""Data-free steps that are as safe as int8: measure error compounding on probe inputs.
+
+A per-tensor step rule cannot see how errors compound through depth: the same 4-bit rule that is
+lossless on a LeNet moves a 20-layer net's outputs by a lot. Without data, the model can still be
+run: on *probe inputs* built from its own declarations (random values of each input's type and
+shape; token ids drawn from the range of the embedding table they index), the relative change of
+its outputs when weights are quantized measures that compounding for this very model.
+
+``quantize{target=int8}`` uses that: the budget is the output change that onnxruntime's own int8
+(``quantize_dynamic`` with its defaults, run on the same probes; where it cannot quantize the model,
+int8 weights: symmetric, per output channel, 127 levels) causes, and the step search
+(``step_search.coarsest_bits``) finds the coarsest steps that stay within it. The
+probes are not the model's real input distribution, so this is a relative yardstick: "no more
+output change than int8 on the same inputs", not an accuracy figure.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxcomp.data import Split
+from onnxcomp.graph.weights import Weight
+
+PROBE_SAMPLES = 8
+SYMBOLIC_DIM = 32  # a probe's size for a symbolic non-batch dimension (sequence length, image side)
+INT8_LEVELS = 127
+
+NUMPY = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16, ir.DataType.DOUBLE: np.float64,
+         ir.DataType.INT64: np.int64, ir.DataType.INT32: np.int32, ir.DataType.BOOL: np.bool_,
+         ir.DataType.UINT8: np.uint8, ir.DataType.INT8: np.int8}
+
+
+def _gather_rows(value: ir.Value) -> int | None:
+    """Rows of the constant table that ``value`` indexes through a Gather, if it does."""
+    for use in value.uses():
+        node = use.node
+        if node.op_type == "Gather" and use.idx == 1 and node.inputs[0] is not None and node.inputs[0].const_value is not None:
+            shape = node.inputs[0].const_value.shape
+            axis = node.attributes.get_int("axis", 0)
+            return int(shape[axis])
+    return None
+
+
+def probe_inputs(model: ir.Model, seed: int, samples: int = PROBE_SAMPLES) -> Split | None:
+    """Random inputs of every graph input's type and shape, or None when an input's type is not
+    one probes can make (strings, sequences)."""
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers:
+            continue
+        dtype = NUMPY.get(value.dtype)
+        if dtype is None or value.shape is None:
+            return None
+        dims = []
+        for i, d in enumerate(value.shape.dims):
+            if isinstance(d, int):
+                dims.append(d)
+            else:
+                dims.append(samples if i == 0 else SYMBOLIC_DIM)
+        if dims and isinstance(value.shape.dims[0], int):
+            dims[0] = max(1, dims[0])  # fixed batch: keep it
+        shape = tuple(dims)
+        rows = _gather_rows(value)
+        if np.issubdtype(dtype, np.floating):
+            array = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            array = np.ones(shape, np.bool_)
+        elif rows is not None:
+            array = rng.integers(0, rows, shape).astype(dtype)
+        elif "mask" in value.name.lower():
+            array = np.ones(shape, dtype)
+        else:
+            array = np.zeros(shape, dtype)
+        inputs[value.name] = array
+    if not inputs:
+        return None
+    return Split(inputs, None)
+
+
+def int8_like(w: Weight) -> np.ndarray:
+    """``w`` as int8 quantizers store it: symmetric, 127 levels, one scale per output channel
+    (per tensor where the weight has no channel axes), dequantized."""
+    array = w.value.const_value.numpy().astype(np.float64)
+    axes = tuple(i for i in range(array.ndim) if i not in w.channel_axes)
+    peak = np.max(np.abs(array), axis=axes, keepdims=True) if array.ndim else np.abs(array)
+    scale = np.where(peak > 0, peak / INT8_LEVELS, 1.0)
+    return (np.round(array / scale) * scale).astype(w.value.const_value.numpy().dtype)
+
+
+def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context) -> dict[str, float] | None:
+    """Per-weight bits whose output change on probe inputs stays within int8's (module doc);
+    None when the model cannot be probed (the caller falls back to the step rule)."""
+    from onnxcomp.passes.quantize.step_search import StepSearchReport, WeightSwapEvaluator, _say, coarsest_bits
+
+    say = _say(context)
+    probes = probe_inputs(model, context.seed)
+    if probes is None:
+        context.warn("quantize{target=int8}: the model's inputs cannot be probed (types or shapes); using the step rule")
+        return None
+    started = time.perf_counter()
+    try:
+        evaluator = WeightSwapEvaluator(model, [w.name for w in weights], probes)
+        originals = {w.name: w.value.const_value.numpy() for w in weights}
+        reference = evaluator.outputs(originals)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime rejects some random inputs; fall back
+        context.warn(f"quantize{{target=int8}}: the model does not run on probe inputs ({str(exc).splitlines()[0][:160]}); "
+                     "using the step rule")
+        return None
+    calls = [0]
+
+    def change(candidate: dict[str, np.ndarray]) -> float:
+        calls[0] += 1
+        return relative_change(reference, evaluator.outputs(candidate))
+
+    int8 = ort_int8_change(model, probes, reference)
+    source = "onnxruntime's int8 (quantize_dynamic)"
+    if int8 is None:
+        int8, source = change({w.name: int8_like(w) for w in weights}), "int8 weights"
+    budget = int8 * qpass.probe_margin + 1e-12
+    say(f"{source} changes the outputs on {len(probes)} probe inputs by {int8:.3%}; budget {budget:.3%}")
+    bits, final = coarsest_bits(weights, qpass, change, budget, say, "output change")
+    seconds = time.perf_counter() - started
+    say(f"final output change {final:.3%} (budget {budget:.3%}); {calls[0]} evaluations in {seconds:.1f} s")
+    for w in weights:
+        context.note(w.name, bits=bits[w.name])
+    context.record(StepSearchReport(0.0, final, budget, calls[0], round(seconds, 2)))
+    return bits
+
+
+def ort_int8_change(model: ir.Model, probes: Split, reference: list[np.ndarray]) -> float | None:
+    """How much onnxruntime's own int8 (``quantize_dynamic``, its defaults: QInt8 weights per
+    tensor, activations quantized at run time) changes the outputs on the probes; None when it
+    cannot quantize or run this model."""
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory(prefix="onnxcomp-int8-") as tmp:
+        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        try:
+            proto = ir.serde.serialize_model(model)
+            # value_info of the weights confuses the quantizer's shape inference once it has
+            # transposed them; onnxruntime infers everything it needs anyway
+            del proto.graph.value_info[:]
+            src.write_bytes(proto.SerializeToString())
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            session = ort.InferenceSession(str(dst), options, providers=["CPUExecutionProvider"])
+            outputs = session.run(None, {i.name: probes.inputs[i.name] for i in session.get_inputs()})
+        except Exception:  # noqa: BLE001 - the quantizer or the run failed: fall back to int8 weights
+            return None
+    return relative_change(reference, outputs)
+
+
+def relative_change(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    """The largest, over float outputs, of ||candidate - reference|| / ||reference||."""
+    worst = 0.0
+    for a, b in zip(reference, candidate):
+        if not np.issubdtype(np.asarray(a).dtype, np.floating):
+            continue
+        a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        norm = float(np.linalg.norm(a64))
+        if norm > 0:
+            worst = max(worst, float(np.linalg.norm(b64 - a64)) / norm)
+    return worst
