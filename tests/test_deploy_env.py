@@ -31,10 +31,11 @@ def deploy_python() -> Path:
 
 
 @pytest.mark.slow
-def test_runtime_in_a_deploy_only_environment(tmp_path):
+@pytest.mark.parametrize("preset", ["ptq", "lossless"])  # EntropyDecode (domain v1); BytePlaneDecode (v2)
+def test_runtime_in_a_deploy_only_environment(tmp_path, preset):
     py = deploy_python()
     out = tmp_path / "model.onnx"
-    compress(ROOT / "models" / "lenet5-caffe.onnx", out, "ptq", progress=False)
+    compress(ROOT / "models" / "lenet5-caffe.onnx", out, preset, progress=False)
     x = np.random.default_rng(0).random((32, 1, 28, 28)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "want.npy", rt.InferenceSession(out).run(None, {"input": x})[0])
