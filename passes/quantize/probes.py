@@ -3,7 +3,8 @@
 A per-tensor step rule cannot see how errors compound through depth: the same 4-bit rule that is
 lossless on a LeNet moves a 20-layer net's outputs by a lot. Without data, the model can still be
 run: on *probe inputs* built from its own declarations (random values of each input's type and
-shape; token ids drawn from the range of the embedding table they index), the relative change of
+shape; integers drawn from the range their consumers read: a table's rows, a OneHot's depth),
+the relative change of
 its outputs when weights are quantized measures that compounding for this very model.
 
 ``quantize{target=int8}`` uses that: the budget is the output change that onnxruntime's own int8
@@ -33,14 +34,45 @@ NUMPY = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16, ir.Data
          ir.DataType.UINT8: np.uint8, ir.DataType.INT8: np.int8}
 
 
-def _gather_rows(value: ir.Value) -> int | None:
-    """Rows of the constant table that ``value`` indexes through a Gather, if it does."""
-    for use in value.uses():
-        node = use.node
-        if node.op_type == "Gather" and use.idx == 1 and node.inputs[0] is not None and node.inputs[0].const_value is not None:
-            shape = node.inputs[0].const_value.shape
-            axis = node.attributes.get_int("axis", 0)
-            return int(shape[axis])
+PASS_THROUGH = {"Reshape", "Expand", "Unsqueeze", "Squeeze", "Cast", "Flatten", "Slice", "Identity", "Transpose"}
+
+
+def _constant_behind(value: ir.Value | None) -> np.ndarray | None:
+    """The constant ``value`` is, through shape-only ops (an Expand of a Range constant)."""
+    while value is not None:
+        if value.const_value is not None:
+            return value.const_value.numpy()
+        node = value.producer()
+        if node is None or node.op_type not in PASS_THROUGH or not node.inputs:
+            return None
+        value = node.inputs[0]
+    return None
+
+
+def integer_range(value: ir.Value) -> tuple[int, int] | None:
+    """[low, high) of the integers an input is meant to hold, read from what consumes it (through
+    shape-only ops): the rows of the table a Gather indexes (token ids), a OneHot's depth, the
+    constant an Equal compares it with (one-hot by comparison, as jax2tf writes it)."""
+    stack, seen = [value], set()
+    while stack:
+        v = stack.pop()
+        for use in v.uses():
+            node = use.node
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op_type == "Gather" and use.idx == 1 and node.inputs[0] is not None and node.inputs[0].const_value is not None:
+                return 0, int(node.inputs[0].const_value.shape[node.attributes.get_int("axis", 0)])
+            if node.op_type == "OneHot" and use.idx == 0:
+                depth = _constant_behind(node.inputs[1])
+                if depth is not None and depth.size == 1:
+                    return 0, int(depth.reshape(-1)[0])
+            if node.op_type == "Equal":
+                other = _constant_behind(node.inputs[1 - use.idx])
+                if other is not None and other.size and np.issubdtype(other.dtype, np.integer):
+                    return int(other.min()), int(other.max()) + 1
+            if node.op_type in PASS_THROUGH and use.idx == 0:
+                stack.extend(node.outputs)
     return None
 
 
@@ -64,13 +96,12 @@ def probe_inputs(model: ir.Model, seed: int, samples: int = PROBE_SAMPLES) -> Sp
         if dims and isinstance(value.shape.dims[0], int):
             dims[0] = max(1, dims[0])  # fixed batch: keep it
         shape = tuple(dims)
-        rows = _gather_rows(value)
         if np.issubdtype(dtype, np.floating):
             array = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
             array = np.ones(shape, np.bool_)
-        elif rows is not None:
-            array = rng.integers(0, rows, shape).astype(dtype)
+        elif (span := integer_range(value)) is not None:
+            array = rng.integers(span[0], span[1], shape).astype(dtype)
         elif "mask" in value.name.lower():
             array = np.ones(shape, dtype)
         else:
@@ -152,14 +183,21 @@ def ort_int8_change(model: ir.Model, probes: Split, reference: list[np.ndarray])
             # transposed them; onnxruntime infers everything it needs anyway
             del proto.graph.value_info[:]
             src.write_bytes(proto.SerializeToString())
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            session = ort.InferenceSession(str(dst), options, providers=["CPUExecutionProvider"])
-            outputs = session.run(None, {i.name: probes.inputs[i.name] for i in session.get_inputs()})
-        except Exception:  # noqa: BLE001 - the quantizer or the run failed: fall back to int8 weights
+        except Exception:  # noqa: BLE001
             return None
-    return relative_change(reference, outputs)
+        # QInt8 is quantize_dynamic's default; onnxruntime 1.19 has no ConvInteger kernel for int8
+        # weights, so conv nets are measured with QUInt8 weights (the same 256 levels).
+        for weight_type in (QuantType.QInt8, QuantType.QUInt8):
+            try:
+                quantize_dynamic(str(src), str(dst), weight_type=weight_type)
+                options = ort.SessionOptions()
+                options.log_severity_level = 3
+                session = ort.InferenceSession(str(dst), options, providers=["CPUExecutionProvider"])
+                outputs = session.run(None, {i.name: probes.inputs[i.name] for i in session.get_inputs()})
+            except Exception:  # noqa: BLE001 - the quantizer or the run failed: try the next, then int8 weights
+                continue
+            return relative_change(reference, outputs)
+    return None
 
 
 def relative_change(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
