@@ -22,7 +22,7 @@ from onnxcomp.coding import FLOAT_CODES, EncodedTensor, encode_floats, encode_te
 from onnxcomp.errors import PassError, PipelineError
 from onnxcomp.graph.edit import all_names, new_initializer, replace_initializer, unique_name
 from onnxcomp.graph.forms import training_form
-from onnxcomp.graph.weights import QUANTIZED_SLOTS
+from onnxcomp.graph.weights import is_quantized_use
 from onnxcomp.pass_base import CompressionPass, register_pass
 from onnxcomp.runtime import format as fmt
 from onnxcomp.runtime.byteplane_decode import plan_byte_plane_decode
@@ -43,14 +43,6 @@ def is_data_use(use: ir.Usage) -> bool:
         table = node.inputs[0]
         return table is not None and table.is_initializer()
     return node.op_type == "Cast"
-
-
-def is_quantized_use(use: ir.Usage) -> bool:
-    """``use`` reads the integer weights of an already quantized graph (DequantizeLinear's
-    input, MatMulInteger/ConvInteger/QLinear*/MatMulNBits weight slots): coded exactly, then
-    Cast back to their own type."""
-    node = use.node
-    return node.domain in ("", "com.microsoft") and use.idx in QUANTIZED_SLOTS.get(node.op_type, ())
 
 
 FLOAT_MODES = ("keep", "exact")
@@ -120,13 +112,7 @@ class PackPass(CompressionPass):
                 stored = value.const_value.dtype.name.lower()
                 self.context.note(name, codec=f"raw-{stored}", coded_bytes=int(value.const_value.nbytes))
                 continue
-            for part, enc in zip(parts, encoded):
-                self._check_round_trip(name, part, enc)
-            self._replace(model, value, encoded, taken)
-            self.context.note(name, codec="ans", streams=len(encoded), coded_bytes=coded_bytes,
-                              bitstream_bytes=sum(e.bitstream.nbytes for e in encoded),
-                              ideal_bits=sum(e.ideal_bits for e in encoded),
-                              entropy_bits=sum(e.empirical_entropy_bits for e in encoded))
+            self._write_ans(model, value, parts, encoded, taken)
             modified = True
         if modified and fmt.DOMAIN not in model.opset_imports:
             model.opset_imports[fmt.DOMAIN] = fmt.DOMAIN_VERSION
@@ -146,14 +132,21 @@ class PackPass(CompressionPass):
         if coded_bytes >= array.nbytes:
             self.context.note(name, codec=f"raw-{value.const_value.dtype.name.lower()}", coded_bytes=int(array.nbytes))
             return False
+        self._write_ans(model, value, parts, encoded, taken, cast_back=value.const_value.dtype, method="exact")
+        return True
+
+    def _write_ans(self, model: ir.Model, value: ir.Value, parts: list[np.ndarray], encoded: list[EncodedTensor],
+                   taken: set[str], cast_back: ir.DataType | None = None, **facts) -> None:
+        """Check every stream decodes to its part, put the EntropyDecode node(s) in place of
+        ``value`` and note the figures the report reads."""
+        name = value.name
         for part, enc in zip(parts, encoded):
             self._check_round_trip(name, part, enc)
-        self._replace(model, value, encoded, taken, cast_back=value.const_value.dtype)
-        self.context.note(name, codec="ans", streams=len(encoded), coded_bytes=coded_bytes,
+        self._replace(model, value, encoded, taken, cast_back=cast_back)
+        self.context.note(name, codec="ans", streams=len(encoded), coded_bytes=sum(e.payload_bytes for e in encoded),
                           bitstream_bytes=sum(e.bitstream.nbytes for e in encoded),
                           ideal_bits=sum(e.ideal_bits for e in encoded),
-                          entropy_bits=sum(e.empirical_entropy_bits for e in encoded), method="exact")
-        return True
+                          entropy_bits=sum(e.empirical_entropy_bits for e in encoded), **facts)
 
     def _code_floats(self, model: ir.Model, value: ir.Value, taken: set[str]) -> bool:
         """A float tensor coded exactly (BytePlaneDecode) when that is smaller than storing it."""

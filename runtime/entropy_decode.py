@@ -89,6 +89,13 @@ class DecodePlan:
     def value_range(self) -> tuple[int, int]:
         return self.offset, self.offset + self.frequencies.size - 1
 
+    # The interface every plan offers (BytePlanePlan too): decoders call these, not the type.
+    def decode(self) -> np.ndarray:
+        return decode_plan(self)
+
+    def decode_into(self, flat: np.ndarray) -> None:
+        decode_into(self, flat)
+
 
 def plan_decode(bitstream, frequencies, offset, shape, *, crc32: int,
                 format_version: int = fmt.ENTROPY_DECODE_VERSION, where: str = "EntropyDecode") -> DecodePlan:

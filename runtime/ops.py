@@ -17,7 +17,7 @@ from onnxcomp.errors import FormatError
 
 from . import format as fmt
 from .byteplane_decode import BytePlanePlan, plan_byte_plane_decode
-from .entropy_decode import DecodePlan, decode_into, decode_plan, plan_decode
+from .entropy_decode import DecodePlan, plan_decode
 
 Plan = DecodePlan | BytePlanePlan  # integers (EntropyDecode) or exact floats (BytePlaneDecode)
 Planner = Callable[[list[np.ndarray], dict[str, int], str], Plan]
@@ -55,16 +55,4 @@ def planner_for(domain: str, op_type: str, version: int, where: str) -> Planner:
 
 def decode_node(domain: str, op_type: str, inputs: list[np.ndarray], attrs: dict[str, int], where: str) -> np.ndarray:
     """Decode a whole node output into one array (int32, or the float type of BytePlaneDecode)."""
-    return plan_values(planner_for(domain, op_type, attrs.get("format_version", -1), where)(inputs, attrs, where))
-
-
-def plan_values(plan: Plan) -> np.ndarray:
-    return plan.decode() if isinstance(plan, BytePlanePlan) else decode_plan(plan)
-
-
-def plan_into(plan: Plan, flat: np.ndarray) -> None:
-    """Write a plan's values into the 1-D ``flat``."""
-    if isinstance(plan, BytePlanePlan):
-        plan.decode_into(flat)
-    else:
-        decode_into(plan, flat)
+    return planner_for(domain, op_type, attrs.get("format_version", -1), where)(inputs, attrs, where).decode()

@@ -39,9 +39,7 @@ class Job:
     def run(self) -> None:
         shape = self.plan.shape
         if self.step is None:
-            from .ops import plan_into
-
-            plan_into(self.plan, self.out.reshape(-1))  # a view: out is C-contiguous
+            self.plan.decode_into(self.out.reshape(-1))  # a view: out is C-contiguous
             return
         row = math.prod(shape[1:])
         lead = self.step.ndim == len(shape) and self.step.shape[0] == shape[0] and shape[0] > 1

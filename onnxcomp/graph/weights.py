@@ -141,11 +141,17 @@ def _table_use(value: ir.Value) -> Weight | None:
     return Weight(value, "weight", axes, consumers)
 
 
+def is_quantized_use(use: ir.Usage) -> bool:
+    """``use`` reads the integer weights of an already quantized graph (QUANTIZED_SLOTS)."""
+    node = use.node
+    return node.domain in ("", "com.microsoft") and use.idx in QUANTIZED_SLOTS.get(node.op_type, ())
+
+
 def quantized_weights(model: ir.Model) -> list[str]:
     """Integer initializers an already quantized graph reads as weights (QUANTIZED_SLOTS)."""
     return [name for name, value in model.graph.initializers.items()
             if value.const_value is not None and value.const_value.dtype not in FLOAT_TYPES
-            and any(u.idx in QUANTIZED_SLOTS.get(u.node.op_type, ()) for u in value.uses())]
+            and any(is_quantized_use(u) for u in value.uses())]
 
 
 def find_weights(model: ir.Model) -> tuple[list[Weight], list[str]]:
@@ -155,9 +161,9 @@ def find_weights(model: ir.Model) -> tuple[list[Weight], list[str]]:
     MatMul/LSTM/GRU/RNN (also inside If/Loop bodies), directly or through data-movement ops, or
     the bias an Add puts on a MatMul; or a float tensor of at least MIN_DATA_WEIGHT elements that
     its readers take as data (embedding tables read by Gather, positional embeddings, constant
-    attention masks), never one in a shape, index or region slot. One used directly gets per-output-channel treatment along
-    its op's channel axes (when all its direct uses agree); one reached through other ops, whose
-    layout the op no longer sees, gets per-tensor treatment.
+    attention masks), never one in a shape, index or region slot. One used directly gets
+    per-output-channel treatment along its op's channel axes (when all its direct uses agree); one
+    reached through other ops, whose layout the op no longer sees, gets per-tensor treatment.
     """
     found: list[Weight] = []
     skipped: list[str] = []
@@ -167,7 +173,7 @@ def find_weights(model: ir.Model) -> tuple[list[Weight], list[str]]:
             continue
         uses = _weight_uses(value)
         if tensor.dtype not in FLOAT_TYPES and not uses:
-            quantized = sorted({u.node.op_type for u in value.uses() if u.idx in QUANTIZED_SLOTS.get(u.node.op_type, ())})
+            quantized = sorted({u.node.op_type for u in value.uses() if is_quantized_use(u)})
             if quantized:
                 skipped.append(f"{name}: {tensor.dtype.name} weight of {'/'.join(quantized)} left as is (already quantized)")
             continue

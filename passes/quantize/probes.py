@@ -24,6 +24,7 @@ import onnx_ir as ir
 
 from onnxcomp.data import Split
 from onnxcomp.graph.weights import Weight
+from onnxcomp.passes.quantize.step_search import WeightSwapEvaluator, coarsest_bits, finish_search, search_say
 
 PROBE_SAMPLES = 8
 SYMBOLIC_DIM = 32  # a probe's size for a symbolic non-batch dimension (sequence length, image side)
@@ -125,9 +126,7 @@ def int8_like(w: Weight) -> np.ndarray:
 def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context) -> dict[str, float] | None:
     """Per-weight bits whose output change on probe inputs stays within int8's (module doc);
     None when the model cannot be probed (the caller falls back to the step rule)."""
-    from onnxcomp.passes.quantize.step_search import StepSearchReport, WeightSwapEvaluator, _say, coarsest_bits
-
-    say = _say(context)
+    say = search_say(context)
     probes = probe_inputs(model, context.seed)
     if probes is None:
         context.warn("quantize{target=int8}: the model's inputs cannot be probed (types or shapes); using the step rule")
@@ -141,10 +140,8 @@ def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context
         context.warn(f"quantize{{target=int8}}: the model does not run on probe inputs ({str(exc).splitlines()[0][:160]}); "
                      "using the step rule")
         return None
-    calls = [0]
-
     def change(candidate: dict[str, np.ndarray]) -> float:
-        calls[0] += 1
+        evaluator.evaluations += 1
         return relative_change(reference, evaluator.outputs(candidate))
 
     int8 = ort_int8_change(model, probes, reference)
@@ -154,12 +151,8 @@ def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context
     budget = int8 * qpass.probe_margin + 1e-12
     say(f"{source} changes the outputs on {len(probes)} probe inputs by {int8:.3%}; budget {budget:.3%}")
     bits, final = coarsest_bits(weights, qpass, change, budget, say, "output change")
-    seconds = time.perf_counter() - started
-    say(f"final output change {final:.3%} (budget {budget:.3%}); {calls[0]} evaluations in {seconds:.1f} s")
-    for w in weights:
-        context.note(w.name, bits=bits[w.name])
-    context.record(StepSearchReport(0.0, final, budget, calls[0], round(seconds, 2)))
-    return bits
+    return finish_search(context, weights, bits, 0.0, final, budget, evaluator.evaluations, started, say,
+                         "output change", ".3%")
 
 
 def ort_int8_change(model: ir.Model, probes: Split, reference: list[np.ndarray]) -> float | None:

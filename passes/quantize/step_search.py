@@ -113,18 +113,25 @@ def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[
         evaluator.reference = evaluator.predictions(originals)
     base = evaluator.error(originals)
     budget = base + context.max_error_increase + 1e-12
-    say = _say(context)
+    say = search_say(context)
     say(f"original validation error {base:.4%}, budget {budget:.4%} ({len(split)} samples)")
     bits, final = coarsest_bits(weights, qpass, evaluator.error, budget, say, "error")
+    return finish_search(context, weights, bits, base, final, budget, evaluator.evaluations, started, say,
+                         "validation error", ".4%")
+
+
+def finish_search(context, weights: list[Weight], bits: dict[str, float], base: float, final: float, budget: float,
+                  evaluations: int, started: float, say, what: str, spec: str) -> dict[str, float]:
+    """Say how a search ended, note each weight's bits and record the report; returns ``bits``."""
     seconds = time.perf_counter() - started
-    say(f"final validation error {final:.4%} (budget {budget:.4%}); {evaluator.evaluations} evaluations in {seconds:.1f} s")
+    say(f"final {what} {final:{spec}} (budget {budget:{spec}}); {evaluations} evaluations in {seconds:.1f} s")
     for w in weights:
         context.note(w.name, bits=bits[w.name])
-    context.record(StepSearchReport(base, final, budget, evaluator.evaluations, round(seconds, 2)))
+    context.record(StepSearchReport(base, final, budget, evaluations, round(seconds, 2)))
     return bits
 
 
-def _say(context):
+def search_say(context):
     if not context.progress:
         return lambda msg: None
     return lambda msg: print(f"  quantize search: {msg}", file=sys.stderr, flush=True)
