@@ -60,8 +60,6 @@ class EncodedTensor:
 
 def encode_tensor(values: np.ndarray) -> EncodedTensor:
     """ANS-code an integer tensor under a table built from its own histogram (exact, lossless)."""
-    import constriction
-
     v = np.asarray(values)
     if v.dtype.kind not in "iu":
         raise TypeError(f"entropy coding needs integers, got {v.dtype}")

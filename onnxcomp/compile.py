@@ -13,8 +13,8 @@ import os
 import shutil
 import sys
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -65,13 +65,12 @@ def compress(
     model = load_model(input_path)
     original = Original(Path(input_path), to_proto(model), Path(input_path).stat().st_size, payload_bytes(model),
                         weight_params(model))
-    original_proto = original.proto
-    dataset = load_compile_data(data, original_proto) if data else None
+    dataset = load_compile_data(data, original.proto) if data else None
     # Checkpoints of training passes live beside the output until it is written, so that an
     # interrupted run can be resumed with the same command plus --resume.
     work_dir = Path(output_path).with_name(Path(output_path).name + ".train")
     context = CompileContext(data=dataset, seed=seed, max_error_increase=max_error_increase, max_error=max_error,
-                             progress=progress, say=say, original_model=original_proto,
+                             progress=progress, say=say, original_model=original.proto,
                              work_dir=work_dir, resume=resume)
     say(f"pipeline: {pipe}")
     n = len(pipe.passes)

@@ -138,7 +138,7 @@ class WeightFixPass(CompressionPass):
         for n in names:
             ctx.note(n, method="wfn")
         ctx.record(WeightFixReport(chosen.gamma0, chosen.val_error, chosen.history, list(self.schedule), self.delta,
-                                   chosen.order, fixer.task.kind if fixer.task else self.loss, chosen.wall_s, stats,
+                                   chosen.order, fixer.loss_kind, chosen.wall_s, stats,
                                    [{"gamma0": r.gamma0, "order": r.order, "val_error": r.val_error} for r in runs], budget))
         ctx.say(f"  fixed {stats.weights:,} weights to {stats.unique} values network-wide, "
                 f"{stats.entropy_bits:.3f} bits/weight pooled entropy ({100 * stats.zeros:.1f}% zeros)")
@@ -246,6 +246,11 @@ class _Fixer:
         self.shapes = {n: start[n].shape for n in self.names}
         self.sizes = [start[n].size for n in self.names]
 
+    @property
+    def loss_kind(self) -> str:
+        """ce or distill as resolved against the data; the option as given when nothing trains."""
+        return self.task.kind if self.task else self.p.loss
+
     def budget(self) -> float | None:
         ctx = self.p.context
         val = self.data.val if self.data is not None else None
@@ -265,7 +270,7 @@ class _Fixer:
     def fingerprint(self, gamma0: float, order: int) -> str:
         options = {f.name: getattr(self.p, f.name) for f in self.p.options() if f.name != "search_runs"}
         options["gamma0"], options["order"] = gamma0, order
-        kind = self.task.kind if self.task else self.p.loss
+        kind = self.loss_kind
         train = self.data.train if self.data is not None else None
         return fingerprint(self.proto.SerializeToString(), [options, self.p.context.seed, kind], train)
 
