@@ -15,6 +15,9 @@
 #   ours-wfn    onnxcomp WFN rows, the WFN_* pipelines below            (1-5 minutes each)
 #   steptime  EPR training-step cost vs plain training (bench/epr_step_time.py, ~1-2 min)
 #   load      decode-at-load test on a synthetic 25M-param model       (main venv)
+#   corpus    NOT in the default list (about an hour): the real third-party models of bench/corpus/
+#             (setup.sh, peers.py, measure.py, ours.py with ptq / ptq --data / lossless and the
+#             size ladder, plot.py) -> bench/out/corpus/ours.md, bench/figures/corpus-size-vs-task.png
 #   curve     NOT in the default list: EPR rate-error curves (bench/epr_curve.py), one training
 #             per lambda per model (CURVE_* below); tables + plots in bench/out/epr-curve-*
 #   report    merge bench/out/results/*.json (+ bench/out/epr-curve-*.md) into bench/out/BENCHMARKS.md
@@ -74,8 +77,8 @@ SKIPPED=()
 want() { local s; for s in "${STEPS[@]}"; do [[ "$s" == "$1" ]] && return 0; done; return 1; }
 for s in "${STEPS[@]}"; do
     case "$s" in
-        setup|peers|ours|ours-ptq|ours-epr|ours-wfn|steptime|load|curve|report) ;;
-        *) echo "unknown step: $s (steps: setup peers ours ours-ptq ours-epr ours-wfn steptime load curve report)" >&2; exit 2 ;;
+        setup|peers|ours|ours-ptq|ours-epr|ours-wfn|steptime|load|corpus|curve|report) ;;
+        *) echo "unknown step: $s (steps: setup peers ours ours-ptq ours-epr ours-wfn steptime load corpus curve report)" >&2; exit 2 ;;
     esac
 done
 want ours && STEPS+=(ours-ptq ours-epr ours-wfn)
@@ -173,6 +176,16 @@ if want steptime; then
 fi
 if want load; then
     step decode-at-load "$MAIN_PY" bench/decode_at_load.py
+fi
+if want corpus; then
+    step corpus-setup bash bench/corpus/setup.sh
+    [[ -x "$PEERS_PY" ]] || step setup-peers bash "$REPO/bench/setup_peers.sh"
+    step corpus-peers "$PEERS_PY" bench/corpus/peers.py
+    step corpus-measure "$MAIN_PY" bench/corpus/measure.py
+    step corpus-ours "$MAIN_PY" bench/corpus/ours.py --pipelines ptq calib lossless
+    step corpus-ladder "$MAIN_PY" bench/corpus/ours.py --pipelines peak8 ptq-small peak6 peak5 ptq-tiny \
+        --json bench/out/corpus/ours-ladder.json
+    step corpus-plot "$MAIN_PY" bench/corpus/plot.py
 fi
 if want curve; then
     for m in "${CURVE_MODELS[@]}"; do

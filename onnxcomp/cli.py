@@ -73,10 +73,10 @@ def cmd_eval(args) -> int:
     import onnxcomp.runtime as rt
 
     from onnxcomp.model_io import load_proto
-    from onnxcomp.data import model_input_shapes
+    from onnxcomp.data import model_input_dtypes, model_input_shapes
 
     proto = load_proto(args.model)
-    data = load_data(args.data, model_input_shapes(proto))
+    data = load_data(args.data, model_input_shapes(proto), model_input_dtypes(proto))
     split_name = "test" if data.test is not None else "val" if data.val is not None else "train"
     split = data.split(split_name)
     error = evaluate_session(rt.InferenceSession(args.model), split)

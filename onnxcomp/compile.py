@@ -28,11 +28,11 @@ from onnxcomp.report import payload_bytes, tensor_rows, weight_params
 
 def load_compile_data(spec: str, model_proto) -> Any:
     """Train/val splits of a data spec for compiling; refuses test-only specs."""
-    from onnxcomp.data import Data, load_data, model_input_shapes
+    from onnxcomp.data import Data, load_data, model_input_dtypes, model_input_shapes
 
     if spec.endswith(":test"):
         raise DataError(f"data spec {spec!r}: compress never reads a test split; use it with 'onnxcomp eval'")
-    data = load_data(spec, model_input_shapes(model_proto))
+    data = load_data(spec, model_input_shapes(model_proto), model_input_dtypes(model_proto))
     return Data(data.spec, data.train, data.val, None)
 
 
@@ -130,11 +130,18 @@ def build_report(original: Original, model, staged: StagedModel, pipe, context: 
     if dataset is not None and dataset.val is not None:
         context.say("evaluating on the validation split")
         t = time.perf_counter()
-        report["metrics"] = validation_metrics(original.proto.SerializeToString(), str(staged.path), dataset.val)
+        try:
+            report["metrics"] = validation_metrics(original.proto.SerializeToString(), str(staged.path), dataset.val)
+        except DataError as exc:
+            if dataset.val.labels is not None:
+                raise  # labels that do not fit the model: the user's data is wrong, say so
+            # unlabeled inputs (calibration data) and outputs without a class axis: the file is
+            # still good, there is just no decision to compare
+            context.warn(f"validation metrics unavailable: {exc}")
         if "search" in context.results:
             report["metrics"]["search"] = context.results["search"].as_json()
         report["timings_s"]["evaluate"] = round(time.perf_counter() - t, 4)
-    elif "search" in context.results:  # a search without data (quantize{target=int8}'s probes)
+    if "search" in context.results:  # also at the top: with or without data, one place to look
         report["search"] = context.results["search"].as_json()
     report["summaries"] = [line for r in context.results.values() if (line := r.summary())]
     return report

@@ -5,7 +5,9 @@ Spec grammar: ``<source>[:<split>]`` where ``<source>`` is a named data set of
 :data:`onnxcomp.models.datasets.DATASETS` or a path ending in ``.npz``, and ``<split>`` (``train``,
 ``val`` or ``test``) keeps only that split. Splits the source lacks are ``None``.
 
-``.npz`` layouts (arrays are cast to float32 as they are, no pixel scaling):
+``.npz`` layouts (arrays are cast to each input's declared type, float32 when it declares none;
+no pixel scaling; integers given for a float input are taken as numbers, non-integer values for
+an integer input such as token ids are an error):
 
 * split-prefixed keys: ``train/<input>``, ``train/labels``, ``val/...``, ``test/...``; each split
   present needs one array per model input, ``labels`` is optional;
@@ -41,7 +43,8 @@ Shape = Sequence[int | str | None]
 
 @dataclass(frozen=True)
 class Split:
-    """Model inputs by graph-input name (float32, same first dimension) and optional int64 labels."""
+    """Model inputs by graph-input name (the inputs' declared types, same first dimension) and
+    optional int64 labels."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
@@ -83,9 +86,32 @@ def model_input_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | str | No
     return shapes
 
 
-def load_data(spec: str, input_shapes: Mapping[str, Shape]) -> Data:
-    """Resolve ``spec`` (see module docstring) for a model whose data inputs have ``input_shapes``."""
+def model_input_dtypes(model: onnx.ModelProto) -> dict[str, np.dtype]:
+    """Numpy types of the graph inputs that are not initializers (float32 where the type is not a
+    plain numeric tensor type)."""
+    from onnx import helper
+
+    initializers = {t.name for t in model.graph.initializer}
+    dtypes = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        try:
+            dtypes[value.name] = np.dtype(helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+        except (KeyError, TypeError):
+            dtypes[value.name] = np.dtype(np.float32)
+        if dtypes[value.name].kind not in "fiub":
+            dtypes[value.name] = np.dtype(np.float32)
+    return dtypes
+
+
+def load_data(spec: str, input_shapes: Mapping[str, Shape], input_dtypes: Mapping[str, np.dtype] | None = None) -> Data:
+    """Resolve ``spec`` (see module docstring) for a model whose data inputs have ``input_shapes``
+    (and ``input_dtypes``: arrays are cast to them; float32 for inputs not named)."""
     from onnxcomp.models.datasets import DATASETS
+
+    dtypes = {name: np.dtype(input_dtypes.get(name, np.float32)) if input_dtypes else np.dtype(np.float32)
+              for name in input_shapes}
 
     if not input_shapes:
         raise DataError(f"data spec {spec!r}: the model declares no data inputs")
@@ -95,9 +121,9 @@ def load_data(spec: str, input_shapes: Mapping[str, Shape]) -> Data:
         source, wanted = head, tail
     wanted_splits = SPLITS if wanted is None else (wanted,)
     if source in DATASETS:
-        splits = _from_named(spec, DATASETS[source](), input_shapes, wanted_splits)
+        splits = _from_named(spec, DATASETS[source](), input_shapes, dtypes, wanted_splits)
     elif source.endswith(".npz"):
-        splits = _from_npz(spec, Path(source), input_shapes, wanted_splits)
+        splits = _from_npz(spec, Path(source), input_shapes, dtypes, wanted_splits)
     else:
         raise DataError(
             f"unknown data spec {spec!r}: use one of {sorted(DATASETS)} or a path to a .npz file, "
@@ -108,18 +134,20 @@ def load_data(spec: str, input_shapes: Mapping[str, Shape]) -> Data:
     return Data(spec, splits.get("train"), splits.get("val"), splits.get("test"))
 
 
-def _from_named(spec: str, raw, input_shapes: Mapping[str, Shape], wanted: Sequence[str]) -> dict[str, Split]:
+def _from_named(spec: str, raw, input_shapes: Mapping[str, Shape], dtypes: Mapping[str, np.dtype],
+                wanted: Sequence[str]) -> dict[str, Split]:
     if len(input_shapes) != 1:
         raise DataError(f"data spec {spec!r} provides one image array; the model has inputs {list(input_shapes)}")
     name = next(iter(input_shapes))
     return {
-        split: _make_split(spec, f"{split} images", {name: part.images}, part.labels, input_shapes)
+        split: _make_split(spec, f"{split} images", {name: part.images}, part.labels, input_shapes, dtypes)
         for split in wanted
         if (part := getattr(raw, split)) is not None
     }
 
 
-def _from_npz(spec: str, path: Path, input_shapes: Mapping[str, Shape], wanted: Sequence[str]) -> dict[str, Split]:
+def _from_npz(spec: str, path: Path, input_shapes: Mapping[str, Shape], dtypes: Mapping[str, np.dtype],
+              wanted: Sequence[str]) -> dict[str, Split]:
     if not path.is_file():
         raise DataError(f"data spec {spec!r}: file {path} not found")
     try:
@@ -129,7 +157,7 @@ def _from_npz(spec: str, path: Path, input_shapes: Mapping[str, Shape], wanted: 
         raise DataError(f"data spec {spec!r}: cannot read {path} as .npz: {error}") from error
     prefixed = {key for key in arrays if "/" in key}
     if not prefixed:
-        split = _split_from(spec, "", arrays, input_shapes)
+        split = _split_from(spec, "", arrays, input_shapes, dtypes)
         return {name: split for name in ("val", "test") if name in wanted}
     if prefixed != set(arrays):
         raise DataError(f"data spec {spec!r}: mixes split-prefixed and plain keys: {sorted(set(arrays) - prefixed)}")
@@ -137,24 +165,27 @@ def _from_npz(spec: str, path: Path, input_shapes: Mapping[str, Shape], wanted: 
     if bad:
         raise DataError(f"data spec {spec!r}: unknown split prefix {bad}; use {list(SPLITS)}")
     return {
-        split: _split_from(spec, f"{split}/", arrays, input_shapes)
+        split: _split_from(spec, f"{split}/", arrays, input_shapes, dtypes)
         for split in wanted
         if any(key.startswith(f"{split}/") for key in arrays)
     }
 
 
-def _split_from(spec: str, prefix: str, arrays: Mapping[str, np.ndarray], input_shapes: Mapping[str, Shape]) -> Split:
+def _split_from(spec: str, prefix: str, arrays: Mapping[str, np.ndarray], input_shapes: Mapping[str, Shape],
+                dtypes: Mapping[str, np.dtype]) -> Split:
     missing = [prefix + name for name in input_shapes if prefix + name not in arrays]
     if missing:
         raise DataError(f"data spec {spec!r}: no array {missing} for model inputs {list(input_shapes)}")
     inputs = {name: arrays[prefix + name] for name in input_shapes}
-    return _make_split(spec, prefix.rstrip("/") or "arrays", inputs, arrays.get(prefix + LABELS), input_shapes)
+    return _make_split(spec, prefix.rstrip("/") or "arrays", inputs, arrays.get(prefix + LABELS), input_shapes, dtypes)
 
 
 def _make_split(
-    spec: str, where: str, inputs: dict[str, np.ndarray], labels: np.ndarray | None, input_shapes: Mapping[str, Shape]
+    spec: str, where: str, inputs: dict[str, np.ndarray], labels: np.ndarray | None, input_shapes: Mapping[str, Shape],
+    dtypes: Mapping[str, np.dtype],
 ) -> Split:
-    fitted = {name: _fit(f"{spec!r} ({where})", name, array, input_shapes[name]) for name, array in inputs.items()}
+    fitted = {name: _fit(f"{spec!r} ({where})", name, array, input_shapes[name], dtypes[name])
+              for name, array in inputs.items()}
     sizes = {name: len(array) for name, array in fitted.items()}
     if len(set(sizes.values())) > 1:
         raise DataError(f"data spec {spec!r} ({where}): inputs differ in sample count {sizes}")
@@ -170,9 +201,9 @@ def _make_split(
     return Split(fitted, labels)
 
 
-def _fit(origin: str, name: str, array: np.ndarray, shape: Shape) -> np.ndarray:
-    """``array`` as float32 with the model's per-sample shape ``shape[1:]``; origin names the data."""
-    array = np.asarray(array)
+def _fit(origin: str, name: str, array: np.ndarray, shape: Shape, dtype: np.dtype) -> np.ndarray:
+    """``array`` as ``dtype`` with the model's per-sample shape ``shape[1:]``; origin names the data."""
+    array = _cast(origin, name, np.asarray(array), dtype)
     sample = tuple(shape)[1:]
     if not shape:
         raise DataError(f"model input {name!r} has no dimensions: needs a sample axis")
@@ -187,13 +218,28 @@ def _fit(origin: str, name: str, array: np.ndarray, shape: Shape) -> np.ndarray:
             raise DataError(
                 f"data spec {origin}: array {name!r} of shape {array.shape} does not fit model input "
                 f"shape {list(shape)} (dynamic dims are taken as they are, fixed ones must match)")
-        return np.ascontiguousarray(array, dtype=np.float32)
+        return np.ascontiguousarray(array)
     if math.prod(array.shape[1:]) != math.prod(sample):
         raise DataError(
             f"data spec {origin}: array {name!r} of shape {array.shape} cannot be reshaped "
             f"to model input shape {list(shape)}"
         )
-    return np.ascontiguousarray(array.reshape(len(array), *sample), dtype=np.float32)
+    return np.ascontiguousarray(array.reshape(len(array), *sample))
+
+
+def _cast(origin: str, name: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``array`` in the input's declared type; integer inputs (token ids, byte values) refuse
+    fractional or out-of-range values rather than truncating them."""
+    if array.dtype == dtype or array.dtype.kind not in "fiub":
+        return array  # a non-numeric array is _fit's error to report
+    if dtype.kind in "iu" and array.size:
+        if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+            raise DataError(f"data spec {origin}: array {name!r} holds fractional values; model input {name!r} is {dtype}")
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise DataError(f"data spec {origin}: array {name!r} has values outside {dtype} "
+                            f"[{array.min()}, {array.max()}] for model input {name!r}")
+    return array.astype(dtype)
 
 
 def batches(split: Split, batch_size: int, shuffle_seed: int | None = None) -> Iterator[Split]:

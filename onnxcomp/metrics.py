@@ -116,15 +116,24 @@ def session_predictor(session: Any, split: Split, output: str | None = None) -> 
     return predict
 
 
+def session_batch(session: Any, default: int) -> int:
+    """``default``, or the batch size the session's inputs declare when it is fixed (a model
+    exported for one sample at a time takes nothing else)."""
+    for i in session.get_inputs():
+        if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
+            return i.shape[0]
+    return default
+
+
 def evaluate_session(session: Any, split: Split, batch_size: int = 1000, output: str | None = None) -> float:
     """Classification error of an ``onnxruntime.InferenceSession`` on ``split`` (labels needed)."""
-    return classification_error(session_predictor(session, split, output), split, batch_size)
+    return classification_error(session_predictor(session, split, output), split, session_batch(session, batch_size))
 
 
 def session_predictions(session: Any, split: Split, batch_size: int = 256) -> np.ndarray:
     """``[N, positions]`` predictions of a session's first output (labels, if any, only choose
     the class axis)."""
-    return predictions(session_predictor(session, split), split, batch_size)
+    return predictions(session_predictor(session, split), split, session_batch(session, batch_size))
 
 
 def disagreement(session_a: Any, session_b: Any, split: Split) -> float:

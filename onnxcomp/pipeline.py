@@ -18,7 +18,13 @@ from onnxcomp.model_io import verify
 from onnxcomp.pass_base import CompileContext, CompressionPass, make_pass
 
 PRESETS: dict[str, str] = {
+    # Data-free: the coarsest steps whose output change on probe inputs stays within int8's weights';
+    # with --data, within onnxruntime int8's on those inputs.
     "ptq": "normalize,quantize,pack",
+    # Lossier levels by name (their corpus figures are in BENCHMARKS.md): twice int8's weight step,
+    # and the 4-bit signal-to-noise rule (lossless on the LeNets, far from it on deep nets).
+    "ptq-small": "normalize,quantize{bits=7},pack",
+    "ptq-tiny": "normalize,quantize{grid=rms bits=4},pack",
     "epr": "normalize,epr-reparam,finetune,pack",
     "wfn": "normalize,weight-fix,pack",
     # Outputs bit-identical to the original's: nothing that changes arithmetic (no BatchNorm

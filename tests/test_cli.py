@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from .conftest import make_model, tiny_cnn, tiny_mlp
+from .conftest import CODED, make_model, tiny_cnn, tiny_mlp
 
 
 def onnxcomp(*args, cwd=None):
@@ -51,7 +51,7 @@ def test_compress_is_deterministic(mlp_file, tmp_path):
 
 def test_inspect_decompress_and_passes(mlp_file, tmp_path):
     out = tmp_path / "o.onnx"
-    assert onnxcomp("compress", mlp_file, "-o", out, "--quiet").returncode == 0
+    assert onnxcomp("compress", mlp_file, "-o", out, "-p", CODED, "--quiet").returncode == 0
     r = onnxcomp("inspect", out, "--json")
     info = json.loads(r.stdout)
     assert info["opsets"]["ai.onnxcomp"] == 1 and info["coded_tensors"]
@@ -101,7 +101,7 @@ def test_nothing_to_compress(tmp_path):
 
 def test_tampered_compressed_file_fails_cleanly(tmp_path):
     onnx.save(tiny_cnn(), tmp_path / "cnn.onnx")
-    assert onnxcomp("compress", tmp_path / "cnn.onnx", "-o", tmp_path / "c.onnx", "--quiet").returncode == 0
+    assert onnxcomp("compress", tmp_path / "cnn.onnx", "-o", tmp_path / "c.onnx", "-p", CODED, "--quiet").returncode == 0
     model = onnx.load(tmp_path / "c.onnx")
     table = next(t for t in model.graph.initializer if t.name.endswith(".frequencies"))
     f = onnx.numpy_helper.to_array(table).copy()
@@ -141,7 +141,8 @@ def test_a_run_that_fails_after_the_passes_leaves_no_output(mlp_file, tmp_path, 
     import onnxcomp.compile as compile_module
     from onnxcomp.errors import DataError
 
-    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).random((40, 64)).astype(np.float32))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.random((40, 64)).astype(np.float32), labels=rng.integers(0, 10, 40))
 
     def failing(*args, **kwargs):
         raise DataError("evaluation failed on purpose")

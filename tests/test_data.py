@@ -174,3 +174,21 @@ def test_real_fashion_mnist_package():
     assert (len(data.train), len(data.val), len(data.test)) == (50_000, 10_000, 10_000)
     assert data.train.inputs["input"].shape == (50_000, 1, 28, 28) and data.test.inputs["input"].max() == 1.0
     assert np.bincount(data.test.labels).tolist() == [1000] * 10
+
+
+def test_npz_arrays_take_each_inputs_declared_type(tmp_path):
+    """Token ids stay integers (a model with an int64 input must not get float32), integers for a
+    float input are numbers, and fractional ids are refused, naming the array."""
+    path = tmp_path / "calib.npz"
+    ids = np.arange(48, dtype=np.int32).reshape(3, 16)
+    np.savez(path, ids=ids, x=np.ones((3, 4), np.int64))
+    shapes = {"ids": ("N", 16), "x": ("N", 4)}
+    data = load_data(str(path), shapes, {"ids": np.dtype(np.int64), "x": np.dtype(np.float32)})
+    assert data.val.inputs["ids"].dtype == np.int64 and data.val.inputs["x"].dtype == np.float32
+    np.testing.assert_array_equal(data.val.inputs["ids"], ids)
+    np.savez(path, ids=ids + 0.5, x=np.ones((3, 4)))
+    with pytest.raises(DataError, match="'ids' holds fractional values; model input 'ids' is int64"):
+        load_data(str(path), shapes, {"ids": np.dtype(np.int64)})
+    np.savez(path, ids=ids - 1000, x=np.ones((3, 4)))
+    with pytest.raises(DataError, match="outside uint8"):
+        load_data(str(path), shapes, {"ids": np.dtype(np.uint8)})

@@ -32,7 +32,7 @@ def test_data_free_ptq_on_lenet5(tmp_path):
     src = MODELS / "lenet5-caffe.onnx"
     out = tmp_path / "l5.onnx"
     report = compress(src, out, "ptq", progress=False)
-    assert report["bits_per_param"] < 5.0
+    assert report["bits_per_param"] < 7.5  # int8's weight error at most, entropy coded (ptq-tiny: ~4.2)
     assert report["ans_bitstream_bytes"] <= 1.01 * report["ans_ideal_bytes"] + 8 * len(report["tensors"])
     assert test_error(out) <= test_error(src) + 0.001
 

@@ -20,7 +20,7 @@ def test_round_trip(text):
 
 
 def test_canonical_form_omits_defaults_and_normalizes_values():
-    assert str(parse_pipeline(" normalize , quantize{bits=4.0} ,pack")) == "normalize,quantize,pack"
+    assert str(parse_pipeline(" normalize , quantize{grid=peak} ,pack")) == "normalize,quantize,pack"
     assert str(parse_pipeline("quantize{bits=3 per_channel=0}")) == "quantize{bits=3.0 per_channel=false}"
 
 
@@ -30,7 +30,7 @@ def test_presets_expand():
 
 @pytest.mark.parametrize("text, message", [
     ("normalize,frobnicate", "unknown pass 'frobnicate'; valid passes: epr-finalize, epr-reparam, finetune, normalize, pack, quantize, weight-fix"),
-    ("quantize{bitz=3}", "no option 'bitz'; valid options: bits, bias_bits, per_channel"),
+    ("quantize{bitz=3}", "no option 'bitz'; valid options: grid, bits, bias_bits, per_channel"),
     ("quantize{bits=many}", "bits='many' is not a valid float"),
     ("quantize{bits}", "must be written key=value"),
     ("quantize{bits=3 bits=4}", "given twice"),

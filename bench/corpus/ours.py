@@ -2,15 +2,18 @@
 task.py beside the peers (original, zstd -19, onnxruntime int8/int4) measured by peers.py and
 measure.py, and write bench/out/corpus/ours.{json,md}.
 
-Runs in the MAIN venv. Pipelines (``--pipelines``; default all three, data-free):
-- ``ptq``: the default, the per-tensor step rule (bits 4);
-- ``int8``: ``normalize,quantize{target=int8},pack``, steps searched against onnxruntime int8's
-  output change on probe inputs;
-- ``lossless``: preset lossless (outputs must be bit-identical: ``perfect`` must be true).
+Runs in the MAIN venv. Pipelines (``--pipelines``; default ptq calib lossless):
+- ``ptq``: the default, data-free: the coarsest steps whose output change on probe inputs stays
+  within int8's weights';
+- ``calib``: ``ptq --data calib.npz`` (the model's calibration inputs, no labels): the same search
+  against onnxruntime int8's output change on those inputs, GPTQ rounding;
+- ``lossless``: preset lossless (outputs must be bit-identical: ``perfect`` must be true);
+- the ladder: ``ptq-small``, ``ptq-tiny`` (presets) and ``peak8``/``peak6``/``peak5`` (fixed steps
+  on int8's grid), for the size-against-task plot (plot.py).
 Each compress runs as a subprocess of the CLI (wall time measured); a failure is a row with the
 error line, never a stop.
 
-    .venv/bin/python bench/corpus/ours.py [--only NAME ...] [--pipelines ptq int8 lossless]
+    .venv/bin/python bench/corpus/ours.py [--only NAME ...] [--pipelines ptq calib lossless] [--json PATH]
 """
 
 from __future__ import annotations
@@ -28,7 +31,16 @@ sys.path.insert(0, HERE)
 import models as M  # noqa: E402
 import task  # noqa: E402
 
-PIPELINES = {"ptq": "ptq", "int8": "normalize,quantize{target=int8},pack", "lossless": "lossless"}
+PIPELINES = {"ptq": "ptq", "ptq-small": "ptq-small", "ptq-tiny": "ptq-tiny", "lossless": "lossless"}
+# The rest of the size/accuracy ladder (beside ptq-small = peak 7 and ptq-tiny = rms 4): every
+# tensor on int8's own grid (peak/127 per channel: bits 8 = int8's weights, entropy coded) and
+# two and four times coarser.
+LEVELS = {f"peak{b:g}": f"normalize,quantize{{bits={b:g}}},pack" for b in (8, 6, 5)}
+PIPELINES.update(LEVELS)
+# Calibrated: the same search against int8's output change, on the model's calib.npz (real inputs,
+# no labels) instead of probe inputs.
+CALIBRATED = {"calib": "ptq"}
+PIPELINES.update(CALIBRATED)
 KEEP = ("metric_name", "metric", "higher_is_better", "perfect")
 
 
@@ -37,9 +49,10 @@ def compress(name: str, kind: str) -> dict:
     out = os.path.join(M.out_dir(name), f"ours-{kind}.onnx")
     report = os.path.join(M.out_dir(name), f"ours-{kind}.report.json")
     start = time.perf_counter()
+    data = ["--data", os.path.join(M.out_dir(name), "calib.npz")] if kind in CALIBRATED else []
     p = subprocess.run([sys.executable, "-m", "onnxcomp", "compress", src, "-o", out, "-p", PIPELINES[kind],
-                        "--report", report, "--quiet"], capture_output=True, text=True)
-    row = {"name": name, "candidate": f"ours-{kind}", "pipeline": PIPELINES[kind],
+                        "--report", report, "--quiet", *data], capture_output=True, text=True)
+    row = {"name": name, "candidate": f"ours-{kind}", "pipeline": PIPELINES[kind] + (" --data calib.npz" if data else ""),
            "compile_seconds": round(time.perf_counter() - start, 1), "exit": p.returncode}
     if p.returncode:
         row["error"] = (p.stderr.strip().splitlines() or ["?"])[-1][:300]
@@ -97,10 +110,11 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*")
-    ap.add_argument("--pipelines", nargs="*", default=list(PIPELINES), choices=list(PIPELINES))
+    ap.add_argument("--pipelines", nargs="*", default=["ptq", "calib", "lossless"], choices=list(PIPELINES))
+    ap.add_argument("--json", default=os.path.join(M.OUT, "ours.json"), help="rows are merged into this file")
     args = ap.parse_args(argv)
     names = args.only or list(M.CORPUS)
-    path = os.path.join(M.OUT, "ours.json")
+    path = args.json
     rows = json.load(open(path)) if os.path.exists(path) else []
     for name in names:
         for kind in args.pipelines:

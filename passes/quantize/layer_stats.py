@@ -22,9 +22,11 @@ import onnx_ir as ir
 
 from onnxcomp.graph.weights import Weight
 
+MAX_ROWS = 65536  # input rows per layer for H: a conv on a 416x416 image has 173k per sample;
+# H of K features needs a few times K rows, and every row costs K*K multiply-adds
 MAX_FULL_FEATURES = 4096  # beyond this only the diagonal of H is kept (K*K*8 bytes per layer)
 MAX_SAMPLES = 4096
-BATCH = 256
+BATCH = 16  # samples per run: the fetched activations of every layer are held at once
 ROW_CHUNK = 1 << 15  # rows of input features multiplied at a time
 
 
@@ -92,6 +94,14 @@ def im2col(x: np.ndarray, conv: dict) -> np.ndarray:
     return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
 
 
+def fixed_batch(session, names: list[str]) -> int | None:
+    """The batch size that ``session``'s inputs ``names`` declare, None where it is symbolic."""
+    for i in session.get_inputs():
+        if i.name in names and i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
+            return i.shape[0]
+    return None
+
+
 def input_covariances(model: ir.Model, weights: list[Weight], split, max_samples: int = MAX_SAMPLES
                       ) -> dict[str, tuple[LayerView, np.ndarray]]:
     """For each weight it can see as a matrix: (view, H) with H = E[x x^T] over its K input
@@ -113,13 +123,19 @@ def input_covariances(model: ir.Model, weights: list[Weight], split, max_samples
     session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in session.get_inputs()]
     n = min(len(split), max_samples)
+    batch = fixed_batch(session, inputs) or BATCH
     sums: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
-    for start in range(0, n, BATCH):
-        feed = {k: split.inputs[k][start : min(n, start + BATCH)] for k in inputs}
+    stride: dict[str, int] = {}  # every stride-th row (positions evenly spread), <= MAX_ROWS in all
+    for start in range(0, n - n % batch, batch):
+        feed = {k: split.inputs[k][start : start + batch] for k in inputs}
         acts = dict(zip(fetch, session.run(fetch, feed)))
         for name, v in views.items():
+            if name not in stride:
+                per_batch = _row_count(acts[v.activation], v)
+                stride[name] = max(1, -(-per_batch * (n // batch) // MAX_ROWS))
             for x in _feature_rows(acts[v.activation], v):
+                x = x[:: stride[name]]
                 k = x.shape[1]
                 part = (x * x).sum(axis=0) if k > MAX_FULL_FEATURES else x.T @ x
                 sums[name] = sums.get(name, 0.0) + part
@@ -130,6 +146,13 @@ def input_covariances(model: ir.Model, weights: list[Weight], split, max_samples
         if h.shape[0] * v.num_outputs(v.weight.shape) == int(np.prod(v.weight.shape)):
             out[name] = (v, h)
     return out
+
+
+def _row_count(a: np.ndarray, view: LayerView) -> int:
+    """Rows _feature_rows gives for the activation ``a``."""
+    if view.kind != "conv":
+        return int(np.prod(a.shape[:-1]))
+    return im2col(a[:1], view.conv).shape[0] * len(a) if len(a) else 0
 
 
 def _feature_rows(a: np.ndarray, view: LayerView):

@@ -24,11 +24,13 @@ import onnx_ir as ir
 
 from onnxcomp.data import Split
 from onnxcomp.graph.weights import Weight
-from onnxcomp.passes.quantize.step_search import WeightSwapEvaluator, coarsest_bits, finish_search, search_say
+from onnxcomp.passes.quantize.step_rule import quantize_array, step_for
+from onnxcomp.passes.quantize.step_search import BITS_HIGH, WeightSwapEvaluator, coarsest_bits, finish_search, search_say
 
 PROBE_SAMPLES = 8
-SYMBOLIC_DIM = 32  # a probe's size for a symbolic non-batch dimension (sequence length, image side)
-INT8_LEVELS = 127
+SYMBOLIC_DIM = 32  # a probe's size for a symbolic non-batch dimension (sequence length)
+SYMBOLIC_SIDE = 256  # for a symbolic spatial dim of an image-like [N, C, H, W] input: a 32-pixel
+# image leaves a detector's deep stages at 1x1, nothing like the sizes it serves
 
 NUMPY = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16, ir.DataType.DOUBLE: np.float64,
          ir.DataType.INT64: np.int64, ir.DataType.INT32: np.int32, ir.DataType.BOOL: np.bool_,
@@ -92,10 +94,13 @@ def probe_inputs(model: ir.Model, seed: int, samples: int = PROBE_SAMPLES) -> Sp
         for i, d in enumerate(value.shape.dims):
             if isinstance(d, int):
                 dims.append(d)
+            elif i == 0:
+                dims.append(samples)
             else:
-                dims.append(samples if i == 0 else SYMBOLIC_DIM)
+                dims.append(SYMBOLIC_SIDE if len(value.shape.dims) == 4 and i >= 2 else SYMBOLIC_DIM)
         if dims and isinstance(value.shape.dims[0], int):
-            dims[0] = max(1, dims[0])  # fixed batch: keep it
+            # A fixed batch b: samples * b rows, run b at a time (the evaluator batches by b).
+            dims[0] = samples * max(1, dims[0])
         shape = tuple(dims)
         if np.issubdtype(dtype, np.floating):
             array = rng.standard_normal(shape).astype(dtype)
@@ -114,55 +119,77 @@ def probe_inputs(model: ir.Model, seed: int, samples: int = PROBE_SAMPLES) -> Sp
 
 
 def int8_like(w: Weight) -> np.ndarray:
-    """``w`` as int8 quantizers store it: symmetric, 127 levels, one scale per output channel
-    (per tensor where the weight has no channel axes), dequantized."""
-    array = w.value.const_value.numpy().astype(np.float64)
-    axes = tuple(i for i in range(array.ndim) if i not in w.channel_axes)
-    peak = np.max(np.abs(array), axis=axes, keepdims=True) if array.ndim else np.abs(array)
-    scale = np.where(peak > 0, peak / INT8_LEVELS, 1.0)
-    return (np.round(array / scale) * scale).astype(w.value.const_value.numpy().dtype)
+    """``w`` as int8 quantizers store it (symmetric, 127 levels, one scale per output channel; per
+    tensor where the weight has no channel axes), dequantized: the peak grid at 8 bits."""
+    array = w.value.const_value.numpy()
+    return quantize_array(array, step_for(array, w.channel_axes, 8.0, "peak"))[1]
 
 
 def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context) -> dict[str, float] | None:
-    """Per-weight bits whose output change on probe inputs stays within int8's (module doc);
-    None when the model cannot be probed (the caller falls back to the step rule)."""
+    """Per-weight bits whose output change stays within int8's (module doc), on the calibration
+    inputs when ``--data`` gives some, else on probe inputs; None when the model cannot be probed
+    (the caller falls back to the step rule)."""
     say = search_say(context)
-    probes = probe_inputs(model, context.seed)
-    if probes is None:
+    inputs, what = yardstick_inputs(model, context)
+    if inputs is None:
         context.warn("quantize{target=int8}: the model's inputs cannot be probed (types or shapes); using the step rule")
         return None
     started = time.perf_counter()
     try:
-        evaluator = WeightSwapEvaluator(model, [w.name for w in weights], probes)
+        evaluator = WeightSwapEvaluator(model, [w.name for w in weights], inputs)
         originals = {w.name: w.value.const_value.numpy() for w in weights}
-        reference = evaluator.outputs(originals)
+        reference = evaluator.batched_outputs(originals)
     except Exception as exc:  # noqa: BLE001 - onnxruntime rejects some random inputs; fall back
-        context.warn(f"quantize{{target=int8}}: the model does not run on probe inputs ({str(exc).splitlines()[0][:160]}); "
+        context.warn(f"quantize{{target=int8}}: the model does not run on {what} ({str(exc).splitlines()[0][:160]}); "
                      "using the step rule")
         return None
+
     def change(candidate: dict[str, np.ndarray]) -> float:
         evaluator.evaluations += 1
-        return relative_change(reference, evaluator.outputs(candidate))
+        return relative_change(reference, evaluator.batched_outputs(candidate))
 
-    int8 = ort_int8_change(model, probes, reference)
+    # On real inputs, int8 is onnxruntime's whole int8 (weights and run-time activation
+    # quantization). On probe inputs only its weights: random inputs make activation ranges (and
+    # so the activation quantization error) unlike real ones, while weight noise against weight
+    # noise compares like with like.
+    int8 = ort_int8_change(model, inputs, evaluator.batch, reference) if what == "calibration inputs" else None
     source = "onnxruntime's int8 (quantize_dynamic)"
     if int8 is None:
         int8, source = change({w.name: int8_like(w) for w in weights}), "int8 weights"
     budget = int8 * qpass.probe_margin + 1e-12
-    say(f"{source} changes the outputs on {len(probes)} probe inputs by {int8:.3%}; budget {budget:.3%}")
-    bits, final = coarsest_bits(weights, qpass, change, budget, say, "output change")
+    say(f"{source} changes the outputs on {len(inputs)} {what} by {int8:.3%}; budget {budget:.3%}")
+    # Against int8's weights on the peak grid, bits 8 *is* int8's weights: within the budget by
+    # definition, so the search starts there (rounding noise makes 8.1 bits no safer than 8).
+    high = 8.0 if source == "int8 weights" and qpass.grid == "peak" else BITS_HIGH
+    bits, final = coarsest_bits(weights, qpass, change, budget, say, "output change", high)
     return finish_search(context, weights, bits, 0.0, final, budget, evaluator.evaluations, started, say,
-                         "output change", ".3%")
+                         "output change", ".3%", f"{what} vs {source}", len(inputs))
 
 
-def ort_int8_change(model: ir.Model, probes: Split, reference: list[np.ndarray]) -> float | None:
-    """How much onnxruntime's own int8 (``quantize_dynamic``, its defaults: QInt8 weights per
-    tensor, activations quantized at run time) changes the outputs on the probes; None when it
-    cannot quantize or run this model."""
+CALIBRATION_SAMPLES = 32  # of the calibration split, for the yardstick (int8's change is stable by then)
+
+
+def yardstick_inputs(model: ir.Model, context) -> tuple[Split | None, str]:
+    """The inputs target=int8 compares on: the first CALIBRATION_SAMPLES of the train split (the
+    val split for a plain .npz) when there is data, else probe inputs."""
+    data = context.data
+    if data is not None:
+        split = data.train if data.train is not None else data.val
+        if split is not None:
+            return split.take(slice(0, CALIBRATION_SAMPLES)), "calibration inputs"
+    return probe_inputs(model, context.seed), "probe inputs"
+
+
+def ort_int8_change(model: ir.Model, inputs: Split, batch: int, reference: list[list[np.ndarray]]) -> float | None:
+    """How much onnxruntime's own int8 (``quantize_dynamic``: int8 weights per channel,
+    activations quantized at run time) changes the outputs on ``inputs`` (run ``batch``
+    samples at a time, as ``reference`` was); None when it cannot quantize or run this model."""
     import tempfile
     from pathlib import Path
 
     import onnxruntime as ort
+
+    from onnxcomp.data import batches
 
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -178,29 +205,58 @@ def ort_int8_change(model: ir.Model, probes: Split, reference: list[np.ndarray])
             src.write_bytes(proto.SerializeToString())
         except Exception:  # noqa: BLE001
             return None
-        # QInt8 is quantize_dynamic's default; onnxruntime 1.19 has no ConvInteger kernel for int8
+        # QInt8 per channel, as int8 is used at its best (and as the corpus peer runs it); per
+        # tensor where per channel fails. onnxruntime 1.19 has no ConvInteger kernel for int8
         # weights, so conv nets are measured with QUInt8 weights (the same 256 levels).
-        for weight_type in (QuantType.QInt8, QuantType.QUInt8):
+        for weight_type, per_channel in ((QuantType.QInt8, True), (QuantType.QUInt8, True),
+                                         (QuantType.QInt8, False), (QuantType.QUInt8, False)):
             try:
-                quantize_dynamic(str(src), str(dst), weight_type=weight_type)
+                quantize_dynamic(str(src), str(dst), weight_type=weight_type, per_channel=per_channel)
                 options = ort.SessionOptions()
                 options.log_severity_level = 3
                 session = ort.InferenceSession(str(dst), options, providers=["CPUExecutionProvider"])
-                outputs = session.run(None, {i.name: probes.inputs[i.name] for i in session.get_inputs()})
+                names = [i.name for i in session.get_inputs()]
+                outputs = [session.run(None, {n: b.inputs[n] for n in names}) for b in batches(inputs, batch)]
             except Exception:  # noqa: BLE001 - the quantizer or the run failed: try the next, then int8 weights
                 continue
             return relative_change(reference, outputs)
     return None
 
 
-def relative_change(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
-    """The largest, over float outputs, of ||candidate - reference|| / ||reference||."""
+def feature_axis(shape: tuple[int, ...]) -> int | None:
+    """The axis relative_change measures per index: None (the whole tensor) below rank 2."""
+    if len(shape) < 2:
+        return None
+    if len(shape) == 2:
+        return 1
+    return 1 if shape[1] <= shape[-1] else len(shape) - 1
+
+
+def relative_change(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
+    """How much ``candidate`` moved the outputs (lists of batches of lists of outputs): for each
+    float output, the relative change ||candidate - reference|| / ||reference|| of every feature
+    (index along the feature axis, everything else pooled over all batches), root-mean-square
+    over the features; the largest over the outputs.
+
+    Per feature, because one output often packs quantities of very different scale: a detector's
+    [N, 4 + classes, anchors] (or [N, anchors, 4 + 1 + classes]) holds box coordinates in pixels
+    beside class scores in [0, 1], and a norm over the whole tensor would see only the boxes. The
+    feature axis is the shorter of axis 1 and the last one (the anchors, positions or time
+    steps are the long one); axis 1 for [N, D]."""
+    errors: dict[int, np.ndarray] = {}
+    norms: dict[int, np.ndarray] = {}
+    for ref_batch, cand_batch in zip(reference, candidate):
+        for i, (a, b) in enumerate(zip(ref_batch, cand_batch)):
+            if not np.issubdtype(np.asarray(a).dtype, np.floating):
+                continue
+            a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            feature = feature_axis(a64.shape)
+            axes = tuple(k for k in range(a64.ndim) if k != feature)
+            norms[i] = norms.get(i, 0.0) + np.sum(a64 * a64, axis=axes)
+            errors[i] = errors.get(i, 0.0) + np.sum((b64 - a64) ** 2, axis=axes)
     worst = 0.0
-    for a, b in zip(reference, candidate):
-        if not np.issubdtype(np.asarray(a).dtype, np.floating):
-            continue
-        a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        norm = float(np.linalg.norm(a64))
-        if norm > 0:
-            worst = max(worst, float(np.linalg.norm(b64 - a64)) / norm)
+    for i, norm in norms.items():
+        live = np.asarray(norm) > 0
+        if np.any(live):
+            worst = max(worst, float(np.sqrt(np.mean(np.asarray(errors[i])[live] / np.asarray(norm)[live]))))
     return worst

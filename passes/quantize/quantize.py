@@ -5,13 +5,19 @@
 k = round(W / step), with one step per output channel (or per tensor). This is the same
 representation the learned methods produce, so ``pack`` and the runtime serve all of them.
 
-Step rule (data-free, one knob ``bits``): step_c = rms_c * sqrt(12) * 2**-bits, where rms_c is
-the root-mean-square of output channel c. The quantization noise (step**2 / 12) is then the same
-fraction, 4**-bits, of every channel's power: the equal-slope rate-distortion solution when each
-channel's output error is weighted by its signal power (high-rate theory: dD/dR is proportional
-to the noise power, so equal relative noise equalizes the marginal return of a bit). ``bits`` is
-thus the signal-to-noise ratio in 6.02 dB units; entropy-coded, a Gaussian-like weight costs
-about bits + 0.25 bits per value, a peaked (Laplacian, pruned-looking) one less.
+Steps (``grid``, ``bits``): on the ``peak`` grid (default) step_c = peak_c / 127 * 2**(8 - bits),
+so bits 8 is exactly the symmetric per-channel grid int8 quantizers store and each bit less
+doubles the step. On the ``rms`` grid step_c = rms_c * sqrt(12) * 2**-bits: the noise (step**2 /
+12) is the same fraction, 4**-bits, of every channel's power, the equal-slope rate-distortion
+solution when each channel's output error is weighted by its signal power; entropy coded, a
+Gaussian-like weight then costs about bits + 0.25 bits per value.
+
+Which step (``target``): a per-tensor rule cannot see how errors compound through depth (the
+4-bit rms rule is lossless on the LeNets and loses far more than int8 on deep third-party nets),
+so by default (``target=int8``) the pass measures it on the model itself: the coarsest steps whose
+output change stays within int8's (``probes.py``): onnxruntime's own int8 on the ``--data`` inputs
+when given (no labels needed), int8's weights on probe inputs built from the model's declared
+inputs otherwise. ``target=rule`` takes ``bits`` as it is for every tensor.
 
 Integers: rate-distortion optimized rounding (``rdo``): each value may move one step toward
 zero, or to zero, when that saves more bits (under the tensor's own histogram) than it costs in
@@ -20,8 +26,9 @@ input statistics weigh each weight's error by how much its input matters (dead i
 nothing), and Gemm/MatMul/Conv weights are rounded by GPTQ, which spreads each rounding error
 onto the weights not yet rounded (``gptq.py``); all of it stays on the same step grid.
 
-With data and ``--max-error-increase D`` the pass searches, on the validation split, the coarsest
-steps whose error stays within D of the original model's (``step_search.py``).
+With labelled or unlabelled data and ``--max-error-increase D`` the pass searches instead, on the
+validation split, the coarsest steps whose task error stays within D of the original model's
+(``step_search.py``).
 """
 
 from __future__ import annotations
@@ -38,19 +45,26 @@ from onnxcomp.pass_base import CompressionPass, register_pass
 from onnxcomp.passes.quantize.step_rule import RD_SLOPE, quantize_array, step_for
 
 
+# The rule's step per grid (target=rule, and target=int8 where the model cannot be run on probe
+# inputs): peak 8 = int8's own weights, entropy coded; rms 4 = the signal-to-noise rule that
+# suits shallow nets (LeNets) and loses more than int8 on deep ones (BENCHMARKS.md, corpus).
+DEFAULT_BITS = {"peak": 8.0, "rms": 4.0}
+
+
 @register_pass
 @dataclass
 class QuantizePass(CompressionPass):
     name = "quantize"
     summary = "weights -> int32 latents + Cast/Mul decode subgraph (step from an RD rule or a data search)"
 
-    bits: float = field(default=4.0, metadata={"help": "signal-to-noise of every channel, in 6.02 dB units (data-free step rule)"})
+    grid: str = field(default="peak", metadata={"help": "what bits measure: peak (8 = int8's symmetric per-channel grid, each bit less doubles the step) or rms (signal-to-noise of every channel, 6.02 dB units)"})
+    bits: float | None = field(default=None, metadata={"help": "the step on the grid (default: 7 on peak, 4 on rms)"})
     bias_bits: float = field(default=4.0, metadata={"help": "extra bits for biases (few values, output-critical)"})
     per_channel: bool = field(default=True, metadata={"help": "one step per output channel (else per tensor)"})
-    rdo: float = field(default=1.0, metadata={"help": "rate-distortion rounding strength, x the RD slope of the step (0 = plain rounding)"})
+    rdo: float | None = field(default=None, metadata={"help": "rate-distortion rounding strength, x the RD slope of the step (0 = plain rounding; default 0 on peak, 1 on rms)"})
     importance: bool = field(default=True, metadata={"help": "with data, weigh each weight's error by its input's mean square"})
     gptq: bool = field(default=True, metadata={"help": "with data, error-compensating rounding (GPTQ) for Gemm/MatMul/Conv weights"})
-    target: str = field(default="rule", metadata={"help": "without an error budget: rule (every tensor at bits), or int8 (the coarsest steps whose output change on probe inputs stays within int8 weights')"})
+    target: str | None = field(default=None, metadata={"help": "without an error budget: int8 (the coarsest steps whose output change stays within int8's: onnxruntime int8 on the --data inputs, int8 weights on probe inputs without data) or rule (every tensor at bits); default int8, rule when bits is given"})
     probe_margin: float = field(default=1.0, metadata={"help": "with target=int8: the budget is this times int8's output change"})
 
     def __post_init__(self) -> None:
@@ -58,16 +72,33 @@ class QuantizePass(CompressionPass):
         self._stats: dict = {}  # weight name -> (LayerView, H) measured on the train split
 
     def validate_options(self) -> None:
-        if not 0.0 < self.bits <= 24.0:
+        if self.grid not in ("rms", "peak"):
+            raise self.option_error("grid", self.grid, "rms or peak")
+        if not 0.0 < self.base_bits <= 24.0:
             raise PipelineError(f"pass 'quantize': option bits={self.bits} must be in (0, 24]")
         if not 0.0 <= self.bias_bits <= 16.0:
             raise PipelineError(f"pass 'quantize': option bias_bits={self.bias_bits} must be in [0, 16]")
-        if not 0.0 <= self.rdo <= 100.0:
+        if not 0.0 <= self.rdo_strength <= 100.0:
             raise PipelineError(f"pass 'quantize': option rdo={self.rdo} must be in [0, 100]")
-        if self.target not in ("rule", "int8"):
+        if self.target not in (None, "rule", "int8"):
             raise self.option_error("target", self.target, "rule or int8")
         if not self.probe_margin > 0:
             raise self.option_error("probe_margin", self.probe_margin, "> 0")
+
+    @property
+    def base_bits(self) -> float:
+        """``bits``, or its grid's default (DEFAULT_BITS)."""
+        return self.bits if self.bits is not None else DEFAULT_BITS[self.grid]
+
+    @property
+    def step_target(self) -> str:
+        """``target``, or by default: rule when ``bits`` is given, int8 otherwise."""
+        return self.target or ("rule" if self.bits is not None else "int8")
+
+    @property
+    def rdo_strength(self) -> float:
+        """``rdo``, or its grid's default: plain rounding on peak (int8's own rounding), 1 on rms."""
+        return self.rdo if self.rdo is not None else (0.0 if self.grid == "peak" else 1.0)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         weights, skipped = find_weights(model)
@@ -80,6 +111,14 @@ class QuantizePass(CompressionPass):
             raise NothingToCompressError(
                 "quantize: the model has no float weight initializer feeding Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN"
             )
+        if self.step_target == "int8" and self.context.max_error_increase is None and (q := already_int8(model)):
+            # int8 is no yardstick for a model that already is int8 (its int8 is itself), and its
+            # float tensors feed activations that are re-quantized, where any change can cross a
+            # rounding boundary (smart-turn-v3's decisions move even between onnxruntime's own
+            # optimization levels): they stay exact unless asked (bits=B, or a budget).
+            self.context.warn(f"quantize: the model is already quantized ({q}); its {len(weights)} float "
+                              f"weight(s) stay exact (quantize{{bits=B}} quantizes them)")
+            return ir.passes.PassResult(model, False)
         data = self.context.data
         self._stats: dict = {}
         calibration = None if data is None else data.train if data.train is not None else data.val
@@ -89,12 +128,12 @@ class QuantizePass(CompressionPass):
             # Layer statistics come from the train split; data with only an evaluation split
             # (a plain .npz) calibrates on that.
             self._stats = input_covariances(model, weights, calibration)
-        bits = {w.name: self.bits + (self.bias_bits if w.role == "bias" else 0.0) for w in weights}
+        bits = {w.name: self.base_bits + (self.bias_bits if w.role == "bias" else 0.0) for w in weights}
         if self.context.max_error_increase is not None and data is not None:
             from onnxcomp.passes.quantize.step_search import search_bits
 
             bits = search_bits(model, weights, self, self.context)
-        elif self.target == "int8":
+        elif self.step_target == "int8":
             from onnxcomp.passes.quantize.probes import search_bits_on_probes
 
             bits = search_bits_on_probes(model, weights, self, self.context) or bits
@@ -111,7 +150,7 @@ class QuantizePass(CompressionPass):
         from onnxcomp.passes.quantize.layer_stats import importance_from
 
         array = w.value.const_value.numpy()
-        step = step_for(array, w.channel_axes if self.per_channel else (), bits)
+        step = step_for(array, w.channel_axes if self.per_channel else (), bits, self.grid)
         stats = self._stats.get(w.name)
         how = self.rounding(w)
         if how == "gptq":
@@ -120,7 +159,7 @@ class QuantizePass(CompressionPass):
             k = np.clip(k, -(2**31 - 1), 2**31 - 1).astype(np.int32)
             return k, step, (k.astype(array.dtype) * step.astype(array.dtype)).astype(array.dtype)
         importance = importance_from(*stats, array.shape) if how == "rdo-weighted" else 1.0
-        k, deq = quantize_array(array, step, importance, self.rdo * RD_SLOPE)
+        k, deq = quantize_array(array, step, importance, self.rdo_strength * RD_SLOPE)
         return k, step, deq
 
     def rounding(self, w: Weight) -> str:
@@ -130,9 +169,19 @@ class QuantizePass(CompressionPass):
         # GPTQ walks the input features, so the step may vary only along the outputs.
         if stats is not None and self.gptq and stats[1].ndim == 2 and axes <= {stats[0].output_axis}:
             return "gptq"
-        if self.rdo <= 0:
+        if self.rdo_strength <= 0:
             return "nearest"
         return "rdo-weighted" if stats is not None and self.importance else "rdo"
+
+
+def already_int8(model: ir.Model) -> str:
+    """What makes ``model`` an already quantized one ("" if nothing): activation quantizers
+    (QuantizeLinear, DynamicQuantizeLinear) or integer weights of quantized ops."""
+    quantizers = sum(1 for n in model.graph if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")
+                     and n.domain in ("", "com.microsoft"))
+    integer = len(quantized_weights(model))
+    parts = [f"{quantizers} activation quantizers"] * bool(quantizers) + [f"{integer} integer weights"] * bool(integer)
+    return ", ".join(parts)
 
 
 def _row_step(view, step: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -19,10 +19,26 @@ def channel_rms(w: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return np.sqrt(np.mean(w64 * w64, axis=reduce, keepdims=bool(axes)))
 
 
-def step_for(w: np.ndarray, axes: tuple[int, ...], bits: float) -> np.ndarray:
-    """The float32 step (per channel along ``axes``, else scalar) for a target ``bits``."""
-    rms = channel_rms(w, axes)
-    step = rms * SQRT12 * 2.0 ** (-bits)
+def channel_peak(w: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """max |w| over all axes but ``axes`` (kept as size-1 dims); a scalar if none."""
+    reduce = tuple(i for i in range(w.ndim) if i not in axes)
+    return np.max(np.abs(w.astype(np.float64)), axis=reduce, keepdims=bool(axes)) if w.size else np.float64(0.0)
+
+
+INT8_LEVELS = 127  # symmetric int8, as onnxruntime's quantizers store weights
+
+
+def step_for(w: np.ndarray, axes: tuple[int, ...], bits: float, grid: str = "rms") -> np.ndarray:
+    """The float32 step (per channel along ``axes``, else scalar) for a target ``bits``.
+
+    grid ``rms``: step = rms * sqrt(12) * 2**-bits (signal-to-noise ``bits`` in every channel).
+    grid ``peak``: step = peak / 127 * 2**(8 - bits), so ``bits`` 8 is exactly the grid of
+    symmetric int8 weights (what onnxruntime's int8 stores) and each bit less doubles the step.
+    """
+    if grid == "peak":
+        step = channel_peak(w, axes) / INT8_LEVELS * 2.0 ** (8.0 - bits)
+    else:
+        step = channel_rms(w, axes) * SQRT12 * 2.0 ** (-bits)
     # An all-zero channel quantizes to zeros under any step; 1.0 keeps the decode exact.
     step = np.where(step > 0, step, 1.0)
     return np.asarray(step, dtype=np.float32)

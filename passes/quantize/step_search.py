@@ -28,11 +28,12 @@ import onnx
 import onnx_ir as ir
 
 from onnxcomp.coding import entropy_bits
-from onnxcomp.data import Split
+from onnxcomp.data import Split, batches
 from onnxcomp.errors import DataError
 from onnxcomp.graph.weights import Weight
 from onnxcomp.metrics import error_rate, predictions, truth_rows
 from onnxcomp.pass_base import PassReport
+from onnxcomp.passes.quantize.layer_stats import fixed_batch
 
 
 @dataclass
@@ -45,6 +46,8 @@ class StepSearchReport(PassReport):
     budget: float
     evaluations: int
     seconds: float
+    inputs: str = "validation split"  # what the error was measured on
+    samples: int = 0
 
 
 BITS_LOW, BITS_HIGH, BITS_TOLERANCE = 0.25, 16.0, 0.125
@@ -83,12 +86,22 @@ class WeightSwapEvaluator:
         def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
             return self.session.run([self.output], {**{k: inputs[k] for k in self.data_inputs}, **weights})[0]
 
-        return predictions(predict, self.split, 1000)
+        return predictions(predict, self.split, self.fixed_batch or 1000)
 
-    def outputs(self, weights: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Every output of the model on the whole split (one run: for small probe sets)."""
-        feed = {k: self.split.inputs[k] for k in self.data_inputs}
-        return self.session.run(None, {**feed, **weights})
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the model's inputs declare, None where the batch dim is symbolic."""
+        return fixed_batch(self.session, self.data_inputs)
+
+    @property
+    def batch(self) -> int:
+        """Samples per run when every output is kept (batched_outputs): bounded memory."""
+        return self.fixed_batch or 16
+
+    def batched_outputs(self, weights: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
+        """Every output of the model on the split, batch by batch (``self.batch`` samples each)."""
+        return [self.session.run(None, {**{k: b.inputs[k] for k in self.data_inputs}, **weights})
+                for b in batches(self.split, self.batch)]
 
     def error(self, weights: dict[str, np.ndarray]) -> float:
         self.evaluations += 1
@@ -117,17 +130,17 @@ def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[
     say(f"original validation error {base:.4%}, budget {budget:.4%} ({len(split)} samples)")
     bits, final = coarsest_bits(weights, qpass, evaluator.error, budget, say, "error")
     return finish_search(context, weights, bits, base, final, budget, evaluator.evaluations, started, say,
-                         "validation error", ".4%")
+                         "validation error", ".4%", "validation split", len(split))
 
 
 def finish_search(context, weights: list[Weight], bits: dict[str, float], base: float, final: float, budget: float,
-                  evaluations: int, started: float, say, what: str, spec: str) -> dict[str, float]:
+                  evaluations: int, started: float, say, what: str, spec: str, inputs: str, samples: int) -> dict[str, float]:
     """Say how a search ended, note each weight's bits and record the report; returns ``bits``."""
     seconds = time.perf_counter() - started
     say(f"final {what} {final:{spec}} (budget {budget:{spec}}); {evaluations} evaluations in {seconds:.1f} s")
     for w in weights:
         context.note(w.name, bits=bits[w.name])
-    context.record(StepSearchReport(base, final, budget, evaluations, round(seconds, 2)))
+    context.record(StepSearchReport(base, final, budget, evaluations, round(seconds, 2), inputs, samples))
     return bits
 
 
@@ -137,10 +150,11 @@ def search_say(context):
     return lambda msg: print(f"  quantize search: {msg}", file=sys.stderr, flush=True)
 
 
-def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what: str) -> tuple[dict[str, float], float]:
-    """The two phases of the module doc: a global ``bits`` by bisection, then per-tensor
-    coarsening of the largest tensors, keeping ``error(weights by name) <= budget``. Returns the
-    bits per weight and the final error."""
+def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what: str,
+                  high: float = BITS_HIGH) -> tuple[dict[str, float], float]:
+    """The two phases of the module doc: a global ``bits`` by bisection in [BITS_LOW, ``high``],
+    then per-tensor coarsening of the largest tensors, keeping ``error(weights by name) <=
+    budget``. Returns the bits per weight and the final error."""
     cache: dict[tuple[str, float], tuple[np.ndarray, float]] = {}
 
     def quantized(w: Weight, b: float) -> tuple[np.ndarray, float]:
@@ -157,7 +171,7 @@ def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what:
     def uniform(b: float) -> dict[str, float]:
         return {w.name: b + (qpass.bias_bits if w.role == "bias" else 0.0) for w in weights}
 
-    lo, hi = BITS_LOW, BITS_HIGH
+    lo, hi = BITS_LOW, high
     top = error(feed(uniform(hi)))
     if top > budget:
         say(f"even {hi} bits exceed the budget; using {hi}")

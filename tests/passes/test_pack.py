@@ -16,7 +16,7 @@ from ..conftest import compile_proto, make_model, run, tiny_cnn
 
 
 def test_packed_model_computes_what_the_quantized_model_computes(cnn_input):
-    quant = compile_proto(tiny_cnn(), "normalize,quantize")
+    quant = compile_proto(tiny_cnn(), "normalize,quantize{grid=rms bits=4}")
     packed = compile_proto(quant, "pack")
     ops = [n.op_type for n in packed.graph.node]
     assert ops.count("EntropyDecode") == 1  # fc.W; the 72-value conv kernel is cheaper raw
@@ -28,7 +28,7 @@ def test_packed_model_computes_what_the_quantized_model_computes(cnn_input):
 
 
 def test_tiny_tensors_are_stored_raw_in_the_narrowest_type():
-    quant = compile_proto(tiny_cnn(), "normalize,quantize")
+    quant = compile_proto(tiny_cnn(), "normalize,quantize{grid=rms bits=4}")
     model = ir.serde.deserialize_model(quant)
     p = PackPass()
     p.context = CompileContext(progress=False)

@@ -15,7 +15,9 @@ from onnxcomp.passes.quantize.quantize import QuantizePass
 from onnxcomp.coding import entropy_bits
 from onnxcomp.passes.quantize.step_rule import RD_SLOPE, rd_round, step_for
 
-from ..conftest import make_model, run, tiny_cnn, tiny_mlp
+from onnxcomp.graph.weights import find_weights
+
+from ..conftest import compile_proto, make_model, run, tiny_cnn, tiny_mlp
 
 
 def quantized(proto, **options):
@@ -193,15 +195,28 @@ def test_weights_reached_through_data_movement_and_inside_if_bodies_are_found():
         np.testing.assert_allclose(rt.InferenceSession(out).run(None, feeds)[0], want, atol=0.005 * np.abs(want).max())
 
 
-def test_target_int8_finds_steps_whose_probe_output_change_stays_within_int8s(tmp_path):
+def test_the_default_finds_steps_whose_probe_output_change_stays_within_int8_weights(tmp_path):
     from onnxcomp.compile import compress
+    from onnxcomp.passes.quantize.probes import int8_like, probe_inputs
 
     onnx.save(tiny_mlp(), tmp_path / "mlp.onnx")
-    report = compress(tmp_path / "mlp.onnx", tmp_path / "o.onnx", "normalize,quantize{target=int8},pack", progress=False)
+    report = compress(tmp_path / "mlp.onnx", tmp_path / "o.onnx", "ptq", progress=False, seed=0)
     search = report["search"]
+    assert search["inputs"] == "probe inputs vs int8 weights" and search["samples"] == 8
     assert 0 < search["final_error"] <= search["budget"] and search["evaluations"] > 5
-    rule = compress(tmp_path / "mlp.onnx", tmp_path / "r.onnx", "ptq", progress=False)
-    assert report["bits_per_param"] > rule["bits_per_param"]  # int8's change is smaller than the 4-bit rule's here
+    # The budget is what int8's weights do to the outputs on the same probes, measured here apart.
+    model = ir.serde.deserialize_model(compile_proto(tiny_mlp(), "normalize"))
+    weights = find_weights(model)[0]
+    probes = probe_inputs(model, seed=0)
+    for w in weights:
+        w.value.const_value = ir.tensor(int8_like(w), name=w.name)
+    plain = compile_proto(tiny_mlp(), "normalize")
+    ref = run(plain, probes.inputs)[0].astype(np.float64)
+    got = run(ir.serde.serialize_model(model), probes.inputs)[0].astype(np.float64)
+    per_output = np.sum((got - ref) ** 2, axis=0) / np.sum(ref**2, axis=0)  # per output channel
+    assert search["budget"] == pytest.approx(np.sqrt(per_output.mean()), rel=1e-6)
+    tiny = compress(tmp_path / "mlp.onnx", tmp_path / "r.onnx", "ptq-tiny", progress=False)
+    assert report["bits_per_param"] > tiny["bits_per_param"]  # int8's change is smaller than the 4-bit rule's
     assert any(r.get("bits", 4.0) != 4.0 for r in report["tensors"])
 
 
@@ -213,3 +228,94 @@ def test_probe_inputs_follow_the_declared_types_and_token_ranges():
     probes = probe_inputs(model, seed=0)
     ids = probes.inputs["ids"]
     assert ids.dtype == np.int64 and ids.shape == (8, 16) and 0 <= ids.min() and ids.max() < 1000
+
+
+def test_the_peak_grid_at_8_bits_is_int8s_own_symmetric_per_channel_grid():
+    rng = np.random.default_rng(3)
+    w = rng.laplace(0, 0.05, (16, 8, 3, 3)).astype(np.float32)
+    step = step_for(w, (0,), 8.0, "peak")
+    scale = np.abs(w).reshape(16, -1).max(axis=1) / 127
+    np.testing.assert_allclose(step.reshape(-1), scale, rtol=1e-6)
+    k = np.rint(w / step)
+    assert np.abs(k).max() == 127 and (np.abs(k).reshape(16, -1).max(axis=1) == 127).all()
+    np.testing.assert_allclose(step_for(w, (0,), 7.0, "peak"), 2 * step, rtol=1e-6)  # a bit less doubles it
+
+
+def test_output_change_is_measured_per_channel_so_small_scores_beside_large_boxes_count():
+    from onnxcomp.passes.quantize.probes import relative_change
+
+    ref = np.zeros((2, 5, 100))
+    ref[:, :4] = 300.0  # box coordinates in pixels
+    ref[:, 4] = 0.5     # a class score
+    moved = ref.copy()
+    moved[:, 4] = 0.25  # every score halved: detections lost
+    whole = np.linalg.norm(moved - ref) / np.linalg.norm(ref)
+    assert whole < 1e-3  # a norm over the whole tensor would not see it
+    assert relative_change([[ref]], [[moved]]) == pytest.approx(np.sqrt(0.25 / 5))
+    # batches pool: the same data in two batches gives the same change
+    assert relative_change([[ref[:1]], [ref[1:]]], [[moved[:1]], [moved[1:]]]) == pytest.approx(np.sqrt(0.25 / 5))
+
+
+def test_probe_inputs_give_images_a_realistic_side_and_fixed_batches_several_samples():
+    from onnxcomp.passes.quantize.probes import PROBE_SAMPLES, SYMBOLIC_SIDE, probe_inputs
+
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    w = np.ones((4, 3, 3, 3), np.float32)
+    image = make_model([conv], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"w": w})
+    fixed = make_model([conv], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 20, 20])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"w": w})
+    assert probe_inputs(ir.serde.deserialize_model(image), 0).inputs["x"].shape == (PROBE_SAMPLES, 3, SYMBOLIC_SIDE, SYMBOLIC_SIDE)
+    assert probe_inputs(ir.serde.deserialize_model(fixed), 0).inputs["x"].shape == (PROBE_SAMPLES, 3, 20, 20)
+
+
+def test_with_calibration_data_the_default_measures_onnxruntime_int8_on_it(tmp_path):
+    """Unlabeled real inputs (an int64 token-id .npz here): the yardstick is onnxruntime's own
+    int8 on those inputs, activations included, and the file decodes to what was searched."""
+    from onnxcomp.compile import compress
+    import onnxcomp.runtime as rt
+    from tests.test_graph_forms import text_encoder
+
+    src, out, calib = tmp_path / "enc.onnx", tmp_path / "c.onnx", tmp_path / "calib.npz"
+    onnx.save(text_encoder(), src)
+    ids = np.random.default_rng(5).integers(0, 1000, (40, 16)).astype(np.int32)  # stored narrower than int64
+    np.savez(calib, ids=ids)
+    report = compress(src, out, "ptq", data=str(calib), progress=False)
+    search = report["search"]
+    assert search["inputs"] == "calibration inputs vs onnxruntime's int8 (quantize_dynamic)"
+    assert search["samples"] == 32 and 0 < search["final_error"] <= search["budget"]
+    feeds = {"ids": ids[:4].astype(np.int64)}
+    (got,) = rt.InferenceSession(str(out)).run(None, feeds)
+    (want,) = run(text_encoder(), feeds)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2 * search["budget"] + 0.01
+
+
+def test_float_weights_of_a_statically_quantized_model_stay_exact_by_default(tmp_path):
+    from onnxcomp.compile import compress
+    import onnxcomp.runtime as rt
+
+    rng = np.random.default_rng(2)
+    inits = {"pos": rng.normal(0, 1, (16, 64)).astype(np.float32), "s": np.array(0.05, np.float32),
+             "z": np.array(0, np.int8), "w": rng.normal(0, 0.1, (64, 8)).astype(np.float32)}
+    nodes = [helper.make_node("Add", ["x", "pos"], ["h"]),
+             helper.make_node("QuantizeLinear", ["h", "s", "z"], ["hq"]),
+             helper.make_node("DequantizeLinear", ["hq", "s", "z"], ["hd"]),
+             helper.make_node("MatMul", ["hd", "w"], ["y"])]
+    proto = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 8])], inits)
+    onnx.save(proto, tmp_path / "qdq.onnx")
+    report = compress(tmp_path / "qdq.onnx", tmp_path / "c.onnx", "ptq", progress=False)
+    assert any("already quantized (1 activation quantizers)" in line for line in report["notes"])
+    feeds = {"x": rng.normal(0, 1, (16, 64)).astype(np.float32)}
+    np.testing.assert_array_equal(rt.InferenceSession(str(tmp_path / "c.onnx")).run(None, feeds)[0], run(proto, feeds)[0])
+    quantized = compress(tmp_path / "qdq.onnx", tmp_path / "q.onnx", "normalize,quantize{bits=6},pack", progress=False)
+    assert quantized["payload_bytes"] < report["payload_bytes"]  # asked for: quantized
+
+
+def test_the_feature_axis_is_the_short_one_of_axis_1_and_the_last():
+    from onnxcomp.passes.quantize.probes import feature_axis
+
+    assert feature_axis((1, 84, 8400)) == 1       # YOLOv8: [N, 4 + classes, anchors]
+    assert feature_axis((1, 3549, 6)) == 2        # YOLOX: [N, anchors, 4 + 1 + classes]
+    assert feature_axis((1, 60, 18710)) == 1      # CTC: [N, T, classes], per time step
+    assert feature_axis((8, 384)) == 1 and feature_axis((8,)) is None

@@ -132,7 +132,7 @@ def test_runtime_needs_neither_onnx_nor_the_compiler(case, tmp_path):
 @pytest.fixture
 def multi_stream(mlp_input):
     """W1 (64x48) coded as several row-block streams joined by Concat."""
-    return compile_proto(tiny_mlp(), "normalize,quantize,pack{stream_symbols=1024}").SerializeToString(), mlp_input
+    return compile_proto(tiny_mlp(), "normalize,quantize{grid=rms bits=4},pack{stream_symbols=1024}").SerializeToString(), mlp_input
 
 
 def test_large_tensors_are_split_into_streams_and_decode_the_same(multi_stream, monkeypatch):
