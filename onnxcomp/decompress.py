@@ -43,6 +43,17 @@ def _fold_node(node: ir.Node, args: list[np.ndarray]) -> np.ndarray | None:
     return None
 
 
+def _widens_a_float(node: ir.Node) -> bool:
+    """A Cast from a float type to a wider one (a bfloat16/float16 weight read as float32): the
+    model's own way of storing weights small, never a decode subgraph's (those cast integers, or
+    narrow at the end); folding it would change the weight's stored type and double its bytes."""
+    if node.op_type != "Cast":
+        return False
+    source = node.inputs[0].const_value.dtype
+    to = ir.DataType(node.attributes.get_int("to"))
+    return source.is_floating_point() and to.is_floating_point() and to.itemsize > source.itemsize
+
+
 def fold_constant_decoders(model: ir.Model) -> int:
     """Fold nodes of FOLDABLE types whose inputs are all initializers. Returns how many."""
     graph = model.graph
@@ -51,6 +62,8 @@ def fold_constant_decoders(model: ir.Model) -> int:
         if node.domain != "" or node.op_type not in FOLDABLE or len(node.outputs) != 1:
             continue
         if any(i is None or not i.is_initializer() for i in node.inputs):
+            continue
+        if _widens_a_float(node):
             continue
         result = _fold_node(node, [i.const_value.numpy() for i in node.inputs])
         if result is None:

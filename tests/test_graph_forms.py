@@ -264,3 +264,33 @@ def test_dynamic_quantize_lstm_integer_weights_are_coded_exactly(tmp_path):
     feeds = {"x": rng.normal(0, 1, (5, 1, features)).astype(np.float32)}
     np.testing.assert_array_equal(rt.InferenceSession(str(out)).run(None, feeds)[0], plain_run(src, feeds)[0])
     assert os.path.getsize(out) < os.path.getsize(src)
+
+
+def test_bfloat16_weights_decode_to_bfloat16_on_every_path(tmp_path):
+    """A bfloat16 weight read through Cast (how bf16 checkpoints export): quantized to int8's
+    accuracy, decoded in float32 and cast back (no CPU kernel multiplies bfloat16); decompress
+    gives it back as bfloat16 and decode at load computes the same bits."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.1, (64, 48)).astype(np.float32)
+    bf16 = helper.make_tensor("w", TensorProto.BFLOAT16, [64, 48], (w.view(np.uint32) >> 16).astype(np.uint16).tobytes(), raw=True)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["x", "wf"], ["y"])], "bf16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 48])], [bf16])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    src = tmp_path / "bf16.onnx"
+    onnx.save(proto, src)
+    feeds = {"x": rng.normal(0, 1, (4, 64)).astype(np.float32)}
+    (reference,) = plain_run(src, feeds)
+    for preset in ("ptq", "lossless"):
+        out, flat = tmp_path / f"{preset}.onnx", tmp_path / f"{preset}.plain.onnx"
+        compress(src, out, preset, progress=False)
+        (loaded,) = rt.InferenceSession(str(out)).run(None, feeds)
+        decompress(out, flat)
+        stored = {t.name: t.data_type for t in onnx.load(flat).graph.initializer}
+        assert stored == {"w": TensorProto.BFLOAT16}, stored
+        np.testing.assert_array_equal(plain_run(flat, feeds)[0], loaded)
+        if preset == "lossless":
+            np.testing.assert_array_equal(loaded, reference)
+        else:
+            assert np.linalg.norm(loaded - reference) / np.linalg.norm(reference) < 0.02

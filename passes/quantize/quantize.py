@@ -42,7 +42,7 @@ from onnxcomp.errors import NothingToCompressError, PipelineError
 from onnxcomp.graph.edit import all_names, new_initializer, replace_initializer, unique_name
 from onnxcomp.graph.weights import Weight, find_weights, quantized_weights
 from onnxcomp.pass_base import CompressionPass, register_pass
-from onnxcomp.passes.quantize.step_rule import RD_SLOPE, quantize_array, step_for
+from onnxcomp.passes.quantize.step_rule import RD_SLOPE, decode_dtype, quantize_array, step_for
 
 
 # The rule's step per grid (target=rule, and target=int8 where the model cannot be run on probe
@@ -196,17 +196,29 @@ def replace_with_latents(model: ir.Model, w: Weight, k: np.ndarray, step: np.nda
     array = w.value.const_value.numpy()
     name = w.name
     latent = new_initializer(graph, unique_name(model, f"{name}.latent", taken), k)
-    step_v = new_initializer(graph, unique_name(model, f"{name}.step", taken), step.astype(array.dtype))
-    cast = ir.Node("", "Cast", [latent], {"to": ir.AttrInt64("to", int(w.value.const_value.dtype))},
+    dtype = w.value.const_value.dtype
+    # bfloat16 has no CPU Mul kernel: its weights decode in float32 and are cast at the end,
+    # the arithmetic quantize_array does (step_rule.decode_dtype).
+    compute = ir.DataType.FLOAT if dtype == ir.DataType.BFLOAT16 else dtype
+    step_v = new_initializer(graph, unique_name(model, f"{name}.step", taken), step.astype(decode_dtype(array.dtype)))
+    cast = ir.Node("", "Cast", [latent], {"to": ir.AttrInt64("to", int(compute))},
                    name=unique_name(model, f"{name}/decode_cast", taken))
     mul = ir.Node("", "Mul", [cast.outputs[0], step_v], name=unique_name(model, f"{name}/decode_scale", taken))
     cast.outputs[0].name = unique_name(model, f"{name}.dequant", taken)
-    cast.outputs[0].dtype = w.value.const_value.dtype
-    mul.outputs[0].dtype = w.value.const_value.dtype
+    cast.outputs[0].dtype = compute
+    mul.outputs[0].dtype = compute
     mul.outputs[0].shape = ir.Shape(array.shape)
+    nodes, decoded = [cast, mul], mul.outputs[0]
+    if compute != dtype:
+        back = ir.Node("", "Cast", [decoded], {"to": ir.AttrInt64("to", int(dtype))},
+                       name=unique_name(model, f"{name}/decode_to_{dtype.name.lower()}", taken))
+        back.outputs[0].dtype = dtype
+        back.outputs[0].shape = ir.Shape(array.shape)
+        nodes.append(back)
+        decoded = back.outputs[0]
     # Decode nodes read only initializers, so the top of the graph is always a valid place
     # (consumers inside If/Loop bodies read the decoded value from the outer scope).
-    graph.insert_before(graph[0], [cast, mul])
-    replace_initializer(graph, w.value, mul.outputs[0])
+    graph.insert_before(graph[0], nodes)
+    replace_initializer(graph, w.value, decoded)
     return latent.name
 

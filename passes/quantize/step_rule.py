@@ -84,14 +84,20 @@ def rd_round(x: np.ndarray, importance: np.ndarray | float, lam: float) -> np.nd
     return k
 
 
+def decode_dtype(dtype: np.dtype) -> np.dtype:
+    """The type the decode subgraph multiplies in: the weight's own, float32 for bfloat16 (no CPU
+    kernel multiplies bfloat16; the product is cast back)."""
+    return np.dtype(np.float32) if np.dtype(dtype).name == "bfloat16" else np.dtype(dtype)
+
+
 def quantize_array(w: np.ndarray, step: np.ndarray, importance: np.ndarray | float = 1.0,
                    lam: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(latents int32, dequantized in w's dtype) exactly as the decode subgraph computes it."""
     k = rd_round(w.astype(np.float64) / step.astype(np.float64), importance, lam)
     limit = 2**31 - 1
     k = np.clip(k, -limit, limit).astype(np.int32)
-    step_t = step.astype(w.dtype)
-    return k, (k.astype(w.dtype) * step_t).astype(w.dtype)
+    compute = decode_dtype(w.dtype)
+    return k, (k.astype(compute) * step.astype(compute)).astype(w.dtype)
 
 
 
