@@ -72,7 +72,9 @@ def plot(rows: dict[str, dict[str, dict]], out: str) -> None:
     for ax, name in zip(axes, names):
         cands, original = rows[name], rows[name]["original"]["bytes"]
         ladder = [(c, cands[c]) for c in OURS if c in cands]
-        ax.plot([v["bytes"] / original for _, v in ladder], [v["loss"] for _, v in ladder], "-", color="0.8", zorder=1)
+        line = sorted(v["bytes"] for _, v in ladder)
+        by_size = sorted(ladder, key=lambda cv: cv[1]["bytes"])
+        ax.plot([b / original for b in line], [v["loss"] for _, v in by_size], "-", color="0.85", zorder=1)
         for c, v in ladder:
             ax.scatter(v["bytes"] / original, v["loss"], s=28, zorder=2, label=OURS[c],
                        marker="*" if c in ("ours-ptq", "ours-calib") else "o")
@@ -91,9 +93,9 @@ def plot(rows: dict[str, dict[str, dict]], out: str) -> None:
     for ax in axes[: len(names)]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.legend(list(handles.values()), list(handles), loc="lower right", fontsize=8, ncol=2)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", fontsize=8, ncol=5)
     fig.suptitle("onnxcomp on the corpus: size against task loss vs the original (lower left is better)", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     fig.savefig(out + ".tmp.png", dpi=90)
     os.replace(out + ".tmp.png", out)

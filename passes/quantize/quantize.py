@@ -16,8 +16,8 @@ Which step (``target``): a per-tensor rule cannot see how errors compound throug
 4-bit rms rule is lossless on the LeNets and loses far more than int8 on deep third-party nets),
 so by default (``target=int8``) the pass measures it on the model itself: the coarsest steps whose
 output change stays within int8's (``probes.py``): onnxruntime's own int8 on the ``--data`` inputs
-when given (no labels needed), int8's weights on probe inputs built from the model's declared
-inputs otherwise. ``target=rule`` takes ``bits`` as it is for every tensor.
+when given (no labels needed; at most twice int8's weights' change), int8's weights on probe
+inputs built from the model's declared inputs otherwise. ``target=rule`` takes ``bits`` as it is for every tensor.
 
 Integers: rate-distortion optimized rounding (``rdo``): each value may move one step toward
 zero, or to zero, when that saves more bits (under the tensor's own histogram) than it costs in

@@ -128,7 +128,7 @@ def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[
     budget = base + context.max_error_increase + 1e-12
     say = search_say(context)
     say(f"original validation error {base:.4%}, budget {budget:.4%} ({len(split)} samples)")
-    bits, final = coarsest_bits(weights, qpass, evaluator.error, budget, say, "error")
+    bits, final, _ = coarsest_bits(weights, qpass, evaluator.error, budget, say, "error")
     return finish_search(context, weights, bits, base, final, budget, evaluator.evaluations, started, say,
                          "validation error", ".4%", "validation split", len(split))
 
@@ -151,10 +151,11 @@ def search_say(context):
 
 
 def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what: str,
-                  high: float = BITS_HIGH) -> tuple[dict[str, float], float]:
+                  high: float = BITS_HIGH) -> tuple[dict[str, float], float, float]:
     """The two phases of the module doc: a global ``bits`` by bisection in [BITS_LOW, ``high``],
     then per-tensor coarsening of the largest tensors, keeping ``error(weights by name) <=
-    budget``. Returns the bits per weight and the final error."""
+    budget``. Returns the bits per weight, the final error and the latents' estimated coded size
+    in bits (n * entropy, summed)."""
     cache: dict[tuple[str, float], tuple[np.ndarray, float]] = {}
 
     def quantized(w: Weight, b: float) -> tuple[np.ndarray, float]:
@@ -175,7 +176,8 @@ def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what:
     top = error(feed(uniform(hi)))
     if top > budget:
         say(f"even {hi} bits exceed the budget; using {hi}")
-        return uniform(hi), top
+        bits = uniform(hi)
+        return bits, top, sum(quantized(w, bits[w.name])[1] for w in weights)
     while hi - lo > BITS_TOLERANCE:
         mid = (lo + hi) / 2
         err = error(feed(uniform(mid)))
@@ -200,7 +202,7 @@ def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what:
                 break
             bits = trial
         say(f"{w.name}: bits {bits[w.name]:.3f}")
-    return bits, error(feed(bits))
+    return bits, error(feed(bits)), sum(quantized(w, bits[w.name])[1] for w in weights)
 
 
 def tensors_to_refine(weights: list[Weight]) -> list[Weight]:
