@@ -139,7 +139,7 @@ def build_report(original: Original, model, staged: StagedModel, pipe, context: 
             # still good, there is just no decision to compare
             context.warn(f"validation metrics unavailable: {exc}")
         if "search" in context.results:
-            report["metrics"]["search"] = context.results["search"].as_json()
+            report.setdefault("metrics", {})["search"] = context.results["search"].as_json()
         report["timings_s"]["evaluate"] = round(time.perf_counter() - t, 4)
     if "search" in context.results:  # also at the top: with or without data, one place to look
         report["search"] = context.results["search"].as_json()
