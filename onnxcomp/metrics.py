@@ -116,13 +116,18 @@ def session_predictor(session: Any, split: Split, output: str | None = None) -> 
     return predict
 
 
-def session_batch(session: Any, default: int) -> int:
-    """``default``, or the batch size the session's inputs declare when it is fixed (a model
-    exported for one sample at a time takes nothing else)."""
+def fixed_batch(session: Any, names: Sequence[str] | None = None) -> int | None:
+    """The batch size the session's inputs (those in ``names``, default all) declare, None where
+    it is symbolic: a model exported for one sample at a time takes nothing else."""
     for i in session.get_inputs():
-        if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
+        if (names is None or i.name in names) and i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
             return i.shape[0]
-    return default
+    return None
+
+
+def session_batch(session: Any, default: int) -> int:
+    """``default``, or the session's fixed batch size (:func:`fixed_batch`)."""
+    return fixed_batch(session) or default
 
 
 def evaluate_session(session: Any, split: Split, batch_size: int = 1000, output: str | None = None) -> float:

@@ -21,6 +21,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxcomp.graph.weights import Weight
+from onnxcomp.metrics import fixed_batch
 
 MAX_ROWS = 65536  # input rows per layer for H: a conv on a 416x416 image has 173k per sample;
 # H of K features needs a few times K rows, and every row costs K*K multiply-adds
@@ -92,14 +93,6 @@ def im2col(x: np.ndarray, conv: dict) -> np.ndarray:
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # [N, C, oh, ow, kh, kw]
     n, c, oh, ow = win.shape[:4]
     return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
-
-
-def fixed_batch(session, names: list[str]) -> int | None:
-    """The batch size that ``session``'s inputs ``names`` declare, None where it is symbolic."""
-    for i in session.get_inputs():
-        if i.name in names and i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
-            return i.shape[0]
-    return None
 
 
 def input_covariances(model: ir.Model, weights: list[Weight], split, max_samples: int = MAX_SAMPLES

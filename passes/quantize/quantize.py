@@ -17,7 +17,8 @@ Which step (``target``): a per-tensor rule cannot see how errors compound throug
 so by default (``target=int8``) the pass measures it on the model itself: the coarsest steps whose
 output change stays within int8's (``probes.py``): onnxruntime's own int8 on the ``--data`` inputs
 when given (no labels needed; at most twice int8's weights' change), int8's weights on probe
-inputs built from the model's declared inputs otherwise. ``target=rule`` takes ``bits`` as it is for every tensor.
+inputs built from the model's declared inputs otherwise. ``target=rule`` takes ``bits`` as it is
+for every tensor.
 
 Integers: rate-distortion optimized rounding (``rdo``): each value may move one step toward
 zero, or to zero, when that saves more bits (under the tensor's own histogram) than it costs in
@@ -42,7 +43,7 @@ from onnxcomp.errors import NothingToCompressError, PipelineError
 from onnxcomp.graph.edit import all_names, new_initializer, replace_initializer, unique_name
 from onnxcomp.graph.weights import Weight, find_weights, quantized_weights
 from onnxcomp.pass_base import CompressionPass, register_pass
-from onnxcomp.passes.quantize.step_rule import RD_SLOPE, decode_dtype, quantize_array, step_for
+from onnxcomp.passes.quantize.step_rule import RD_SLOPE, decode_dtype, dequantize, quantize_array, step_for
 
 
 # The rule's step per grid (target=rule, and target=int8 where the model cannot be run on probe
@@ -58,7 +59,7 @@ class QuantizePass(CompressionPass):
     summary = "weights -> int32 latents + Cast/Mul decode subgraph (step from an RD rule or a data search)"
 
     grid: str = field(default="peak", metadata={"help": "what bits measure: peak (8 = int8's symmetric per-channel grid, each bit less doubles the step) or rms (signal-to-noise of every channel, 6.02 dB units)"})
-    bits: float | None = field(default=None, metadata={"help": "the step on the grid (default: 7 on peak, 4 on rms)"})
+    bits: float | None = field(default=None, metadata={"help": "the step on the grid (default: 8 on peak, 4 on rms)"})
     bias_bits: float = field(default=4.0, metadata={"help": "extra bits for biases (few values, output-critical)"})
     per_channel: bool = field(default=True, metadata={"help": "one step per output channel (else per tensor)"})
     rdo: float | None = field(default=None, metadata={"help": "rate-distortion rounding strength, x the RD slope of the step (0 = plain rounding; default 0 on peak, 1 on rms)"})
@@ -157,7 +158,7 @@ class QuantizePass(CompressionPass):
             view, h = stats
             k = view.from_matrix(gptq_round(view.to_matrix(array), h, _row_step(view, step, array.shape)), array.shape)
             k = np.clip(k, -(2**31 - 1), 2**31 - 1).astype(np.int32)
-            return k, step, (k.astype(array.dtype) * step.astype(array.dtype)).astype(array.dtype)
+            return k, step, dequantize(k, step, array.dtype)
         importance = importance_from(*stats, array.shape) if how == "rdo-weighted" else 1.0
         k, deq = quantize_array(array, step, importance, self.rdo_strength * RD_SLOPE)
         return k, step, deq
@@ -199,7 +200,7 @@ def replace_with_latents(model: ir.Model, w: Weight, k: np.ndarray, step: np.nda
     dtype = w.value.const_value.dtype
     # bfloat16 has no CPU Mul kernel: its weights decode in float32 and are cast at the end,
     # the arithmetic quantize_array does (step_rule.decode_dtype).
-    compute = ir.DataType.FLOAT if dtype == ir.DataType.BFLOAT16 else dtype
+    compute = ir.DataType.from_numpy(decode_dtype(array.dtype))
     step_v = new_initializer(graph, unique_name(model, f"{name}.step", taken), step.astype(decode_dtype(array.dtype)))
     cast = ir.Node("", "Cast", [latent], {"to": ir.AttrInt64("to", int(compute))},
                    name=unique_name(model, f"{name}/decode_cast", taken))

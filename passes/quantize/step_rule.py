@@ -96,8 +96,13 @@ def quantize_array(w: np.ndarray, step: np.ndarray, importance: np.ndarray | flo
     k = rd_round(w.astype(np.float64) / step.astype(np.float64), importance, lam)
     limit = 2**31 - 1
     k = np.clip(k, -limit, limit).astype(np.int32)
-    compute = decode_dtype(w.dtype)
-    return k, (k.astype(compute) * step.astype(compute)).astype(w.dtype)
+    return k, dequantize(k, step, w.dtype)
+
+
+def dequantize(k: np.ndarray, step: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``k * step`` in ``dtype`` exactly as the decode subgraph computes it (in decode_dtype)."""
+    compute = decode_dtype(dtype)
+    return (k.astype(compute) * step.astype(compute)).astype(dtype)
 
 
 

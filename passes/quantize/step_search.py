@@ -31,9 +31,8 @@ from onnxcomp.coding import entropy_bits
 from onnxcomp.data import Split, batches
 from onnxcomp.errors import DataError
 from onnxcomp.graph.weights import Weight
-from onnxcomp.metrics import error_rate, predictions, truth_rows
+from onnxcomp.metrics import error_rate, fixed_batch, predictions, truth_rows
 from onnxcomp.pass_base import PassReport
-from onnxcomp.passes.quantize.layer_stats import fixed_batch
 
 
 @dataclass
