@@ -43,19 +43,19 @@ Shape = Sequence[int | str | None]
 
 @dataclass(frozen=True)
 class Split:
-    """Model inputs by graph-input name (the inputs' declared types, same first dimension) and
-    optional int64 labels."""
+    """Model inputs by graph-input name (the inputs' declared types, same first dimension; a
+    0-d array, such as a sample rate, is shared by every sample) and optional int64 labels."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return next((len(a) for a in self.inputs.values() if np.ndim(a)), 1)
 
     def take(self, index: slice | np.ndarray) -> Split:
         """The samples at ``index`` (a slice keeps views, an index array copies)."""
         labels = None if self.labels is None else self.labels[index]
-        return Split({name: array[index] for name, array in self.inputs.items()}, labels)
+        return Split({name: array[index] if np.ndim(array) else array for name, array in self.inputs.items()}, labels)
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,22 @@ whose output change stays within a budget set by int8 on the same inputs:
 
 - without data, on *probe inputs* built from the model's declarations (random values of each
   input's type and shape, 256-pixel sides for images with free H/W; integers drawn from the range
-  their consumers read: a table's rows, a OneHot's depth): the budget is the change *int8's
-  weights* (symmetric, per output channel, 127 levels: the peak grid at 8 bits) cause. Random
-  inputs make activation ranges unlike real ones, so int8's activation quantization is not
-  measured there; matching its weight error and adding no activation error is the safe reading.
-- with calibration inputs (``--data``, no labels needed): onnxruntime's own int8
-  (``quantize_dynamic``, per channel, activations quantized at run time) on those inputs, at most
-  ACTIVATION_CAP times its weights' change (activation rounding can move outputs a lot and keep
-  every decision; weight noise as large does not).
+  their consumers read: a table's rows, a OneHot's depth);
+- with calibration inputs (``--data``, no labels needed), on the first CALIBRATION_SAMPLES of them.
+
+The budget: without data, the change *int8's weights* cause there (symmetric, per output
+channel, 127 levels: the peak grid at 8 bits); random inputs make activation ranges unlike real
+ones, so int8's activation quantization is not measured there, and matching its weight error
+and adding no activation error is the safe reading. With calibration inputs, onnxruntime's own
+int8 on them (``quantize_dynamic``, per channel, activations quantized at run time), counted at
+least as what its weights alone do and at most ACTIVATION_CAP times that: activation rounding can
+move outputs a lot and keep every decision; weight noise as large does not.
+
+The steps are either one ``bits`` for all (``step_search.coarsest_bits``) or per tensor
+(``allocation.allocated_bits``: each tensor's share of the budget in proportion to its size,
+from its own measured output change), whichever is smaller; per tensor only where the inputs are
+samples, not guesses (``guessed_inputs``), and only within int8's weights' change (the
+activation allowance goes to one bits for all).
 
 Either way it is a relative yardstick, "no more output change than int8 on the same inputs",
 not an accuracy figure: BENCHMARKS.md (corpus) has the task metrics it gives.
@@ -33,7 +41,9 @@ import onnx_ir as ir
 from onnxcomp.data import Split
 from onnxcomp.graph.weights import Weight
 from onnxcomp.passes.quantize.step_rule import quantize_array, step_for
-from onnxcomp.passes.quantize.step_search import BITS_HIGH, WeightSwapEvaluator, coarsest_bits, finish_search, search_say
+from onnxcomp.passes.quantize.allocation import UNSEEN, allocated_bits, sensitivities
+from onnxcomp.passes.quantize.step_search import (BITS_HIGH, Candidates, WeightSwapEvaluator, coarsest_bits, finish_search,
+                                                  search_say)
 
 PROBE_SAMPLES = 8
 SYMBOLIC_DIM = 32  # a probe's size for a symbolic non-batch dimension (sequence length)
@@ -126,6 +136,20 @@ def probe_inputs(model: ir.Model, seed: int, samples: int = PROBE_SAMPLES) -> Sp
     return Split(inputs, None)
 
 
+def guessed_inputs(model: ir.Model) -> list[str]:
+    """Data inputs whose probe values are guesses rather than samples of the declared type:
+    integers (token ids, bytes, masks, lengths). Per-tensor allocation trusts the ratios of
+    tensors' output changes, and those follow the guess: MiniLM's probes (every position a random
+    token, every position attended) rate its position embeddings 3.5x higher against its word
+    table than its real sentences do, and per-tensor bits spent the difference where real
+    sentences lost twice int8's cosine. Float inputs (pixels, audio features) are noise of
+    comparable activity everywhere, and there per-tensor bits kept or beat int8 on every corpus
+    model."""
+    return [v.name for v in model.graph.inputs
+            if v.name not in model.graph.initializers and v.dtype is not None
+            and np.dtype(NUMPY.get(v.dtype, np.object_)).kind not in "fc"]
+
+
 def int8_like(w: Weight) -> np.ndarray:
     """``w`` as int8 quantizers store it (symmetric, 127 levels, one scale per output channel; per
     tensor where the weight has no channel axes), dequantized: the peak grid at 8 bits."""
@@ -156,34 +180,51 @@ def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context
         evaluator.evaluations += 1
         return relative_change(reference, evaluator.batched_outputs(candidate))
 
-    # On real inputs, int8 is onnxruntime's whole int8 (weights and run-time activation
-    # quantization). On probe inputs only its weights: random inputs make activation ranges (and
-    # so the activation quantization error) unlike real ones, while weight noise against weight
-    # noise compares like with like.
+    # On calibration inputs, int8 is onnxruntime's whole int8: int8 weights per channel and
+    # activations quantized at run time, never counted below what its weights alone do (weight
+    # noise against weight noise: silero-vad's int8 quantizes nothing) and at most ACTIVATION_CAP
+    # times that (activation quantization moves outputs in ways weight noise does not:
+    # ddddocr-det's int8 moves its calibration outputs by 48% and keeps every box; weight noise
+    # that large loses boxes). On probe inputs only its weights: random inputs make activation
+    # ranges unlike real ones (int8's whole change over its weights' is 7.3x on PP-OCRv6 rec's
+    # probes, 3.8x on its real crops), and a budget of twice int8's weights there lost
+    # recognized lines and detector boxes that int8 keeps.
     weights_only = change({w.name: int8_like(w) for w in weights})
     int8, source = weights_only, "int8 weights"
-    if what == "calibration inputs":
-        full = ort_int8_change(model, inputs, evaluator.batch, reference)
-        if full is not None:
-            # Activation quantization moves outputs in ways weight noise does not (ddddocr-det:
-            # int8 moves its calibration outputs by 48% and keeps every box; weight noise that
-            # large loses boxes), so int8's whole change counts only up to ACTIVATION_CAP times
-            # what its weights alone do.
-            int8 = min(full, ACTIVATION_CAP * weights_only)
-            source = ("onnxruntime's int8 (quantize_dynamic)" if int8 == full else
-                      f"onnxruntime's int8 (quantize_dynamic), capped at {ACTIVATION_CAP:g}x int8 weights'")
+    full = ort_int8_change(model, inputs, evaluator.batch, reference) if what == "calibration inputs" else None
+    if full is not None and full > weights_only:
+        int8 = min(full, ACTIVATION_CAP * weights_only)
+        source = ("onnxruntime's int8 (quantize_dynamic)" if int8 == full else
+                  f"onnxruntime's int8 (quantize_dynamic), capped at {ACTIVATION_CAP:g}x int8 weights'")
     budget = int8 * qpass.probe_margin + 1e-12
     say(f"{source} changes the outputs on {len(inputs)} {what} by {int8:.3%}; budget {budget:.3%}")
-    # Against int8's weights on the peak grid, bits 8 *is* int8's weights: within the budget by
-    # definition, so the search starts there (rounding noise makes 8.1 bits no safer than 8).
-    # The peak grid is the default because it compares like with like: on the rms grid (RD
-    # rounding or not) MiniLM met the same probe budget at 0.59x int8's file and lost twice
-    # int8's cosine on real sentences.
-    high = 8.0 if source == "int8 weights" and qpass.grid == "peak" else BITS_HIGH
-    bits, final, size = coarsest_bits(weights, qpass, change, budget, say, "output change", high)
-    say(f"about {size / 8:,.0f} bytes of latents")
+    # The budget is at least int8's weights' change, and on the peak grid bits 8 *is* int8's
+    # weights: within the budget by definition, so the search starts there (rounding noise makes
+    # 8.1 bits no safer than 8). The peak grid is the default because it compares like with like:
+    # on the rms grid (RD rounding or not) MiniLM met the same probe budget at 0.59x int8's file
+    # and lost twice int8's cosine on real sentences.
+    high = 8.0 if qpass.grid == "peak" and qpass.probe_margin >= 1.0 else BITS_HIGH
+    candidates = Candidates(weights, qpass)
+    changes = sensitivities(weights, candidates, originals, change)
+    unseen = {name for name, c in changes.items() if c <= UNSEEN}
+    bits, final, size = coarsest_bits(weights, qpass, change, budget, say, "output change", high, candidates,
+                                      unseen)
+    say(f"uniform: about {size / 8:,.0f} bytes of latents")
+    method = "uniform"
+    if qpass.allocate and what == "probe inputs" and (guessed := guessed_inputs(model)):
+        say(f"per-tensor bits not tried: probes guess the values of {', '.join(guessed)} (ids, masks, lengths)")
+    elif qpass.allocate:
+        # Per-tensor bits spend only int8's weights' own change, never the activation allowance:
+        # against ACTIVATION_CAP x that on calibration inputs they lost boxes int8 keeps (nudenet
+        # 81.5% vs 85.2%), where one bits for all did not.
+        allocated = allocated_bits(weights, candidates, changes, change, weights_only * qpass.probe_margin + 1e-12,
+                                   bits, say)
+        if allocated is not None:
+            say(f"per-tensor: about {allocated[2] / 8:,.0f} bytes of latents")
+            if allocated[2] < size:
+                (bits, final, size), method = allocated, "per-tensor"
     return finish_search(context, weights, bits, 0.0, final, budget, evaluator.evaluations, started, say,
-                         "output change", ".3%", f"{what} vs {source}", len(inputs))
+                         "output change", ".3%", f"{what} vs {source}", len(inputs), method)
 
 
 ACTIVATION_CAP = 2.0  # on real inputs: int8's change counts up to this times its weights' alone

@@ -17,8 +17,10 @@ Which step (``target``): a per-tensor rule cannot see how errors compound throug
 so by default (``target=int8``) the pass measures it on the model itself: the coarsest steps whose
 output change stays within int8's (``probes.py``): onnxruntime's own int8 on the ``--data`` inputs
 when given (no labels needed; at most twice int8's weights' change), int8's weights on probe
-inputs built from the model's declared inputs otherwise. ``target=rule`` takes ``bits`` as it is
-for every tensor.
+inputs built from the model's declared inputs otherwise; one ``bits`` for all or, where the
+inputs are samples rather than guesses, per tensor (``allocation.py``: each tensor's share of
+the change in proportion to its size), whichever is smaller. ``target=rule`` takes ``bits`` as
+it is for every tensor.
 
 Integers: rate-distortion optimized rounding (``rdo``): each value may move one step toward
 zero, or to zero, when that saves more bits (under the tensor's own histogram) than it costs in
@@ -66,6 +68,7 @@ class QuantizePass(CompressionPass):
     importance: bool = field(default=True, metadata={"help": "with data, weigh each weight's error by its input's mean square"})
     gptq: bool = field(default=True, metadata={"help": "with data, error-compensating rounding (GPTQ) for Gemm/MatMul/Conv weights"})
     target: str | None = field(default=None, metadata={"help": "without an error budget: int8 (the coarsest steps whose output change stays within int8's: onnxruntime int8 on the --data inputs, int8 weights on probe inputs without data) or rule (every tensor at bits); default int8, rule when bits is given"})
+    allocate: bool = field(default=True, metadata={"help": "with target=int8: also try per-tensor bits (each tensor's share of the output change in proportion to its size) and keep them when smaller"})
     probe_margin: float = field(default=1.0, metadata={"help": "with target=int8: the budget is this times int8's output change"})
 
     def __post_init__(self) -> None:

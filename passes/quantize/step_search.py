@@ -47,6 +47,7 @@ class StepSearchReport(PassReport):
     seconds: float
     inputs: str = "validation split"  # what the error was measured on
     samples: int = 0
+    method: str = "uniform"  # uniform (one bits, largest tensors refined) or per-tensor (allocation.py)
 
 
 BITS_LOW, BITS_HIGH, BITS_TOLERANCE = 0.25, 16.0, 0.125
@@ -127,19 +128,34 @@ def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[
     budget = base + context.max_error_increase + 1e-12
     say = search_say(context)
     say(f"original validation error {base:.4%}, budget {budget:.4%} ({len(split)} samples)")
-    bits, final, _ = coarsest_bits(weights, qpass, evaluator.error, budget, say, "error")
+    candidates = Candidates(weights, qpass)
+    bits, final, _ = coarsest_bits(weights, qpass, evaluator.error, budget, say, "error", BITS_HIGH, candidates,
+                                   unseen_among(tensors_to_refine(weights), evaluator, candidates, originals))
     return finish_search(context, weights, bits, base, final, budget, evaluator.evaluations, started, say,
                          "validation error", ".4%", "validation split", len(split))
 
 
+def unseen_among(weights: list[Weight], evaluator: WeightSwapEvaluator, candidates: Candidates,
+                 originals: dict[str, np.ndarray]) -> set[str]:
+    """Those of ``weights`` whose rounding alone moves no output on the evaluator's split."""
+    from onnxcomp.passes.quantize.allocation import SENSITIVITY_BITS, UNSEEN
+    from onnxcomp.passes.quantize.probes import relative_change
+
+    reference = evaluator.batched_outputs(originals)
+    return {w.name for w in weights
+            if relative_change(reference, evaluator.batched_outputs(
+                {**originals, w.name: candidates.get(w, SENSITIVITY_BITS)[0]})) <= UNSEEN}
+
+
 def finish_search(context, weights: list[Weight], bits: dict[str, float], base: float, final: float, budget: float,
-                  evaluations: int, started: float, say, what: str, spec: str, inputs: str, samples: int) -> dict[str, float]:
+                  evaluations: int, started: float, say, what: str, spec: str, inputs: str, samples: int,
+                  method: str = "uniform") -> dict[str, float]:
     """Say how a search ended, note each weight's bits and record the report; returns ``bits``."""
     seconds = time.perf_counter() - started
-    say(f"final {what} {final:{spec}} (budget {budget:{spec}}); {evaluations} evaluations in {seconds:.1f} s")
+    say(f"final {what} {final:{spec}} (budget {budget:{spec}}, {method} bits); {evaluations} evaluations in {seconds:.1f} s")
     for w in weights:
         context.note(w.name, bits=bits[w.name])
-    context.record(StepSearchReport(base, final, budget, evaluations, round(seconds, 2), inputs, samples))
+    context.record(StepSearchReport(base, final, budget, evaluations, round(seconds, 2), inputs, samples, method))
     return bits
 
 
@@ -149,44 +165,58 @@ def search_say(context):
     return lambda msg: print(f"  quantize search: {msg}", file=sys.stderr, flush=True)
 
 
-def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what: str,
-                  high: float = BITS_HIGH) -> tuple[dict[str, float], float, float]:
-    """The two phases of the module doc: a global ``bits`` by bisection in [BITS_LOW, ``high``],
-    then per-tensor coarsening of the largest tensors, keeping ``error(weights by name) <=
-    budget``. Returns the bits per weight, the final error and the latents' estimated coded size
-    in bits (n * entropy, summed)."""
-    cache: dict[tuple[str, float], tuple[np.ndarray, float]] = {}
+class Candidates:
+    """Quantized versions of the weights, cached by (weight, bits): what the search feeds the
+    evaluator, and the latents' coded size estimate (n * entropy) that it minimizes."""
 
-    def quantized(w: Weight, b: float) -> tuple[np.ndarray, float]:
-        """(dequantized weight, its latents' coded size estimate in bits: n * entropy)."""
+    def __init__(self, weights: list[Weight], qpass):
+        self.weights, self.qpass = weights, qpass
+        self._cache: dict[tuple[str, float], tuple[np.ndarray, float]] = {}
+
+    def get(self, w: Weight, b: float) -> tuple[np.ndarray, float]:
+        """(dequantized weight, its latents' coded size estimate in bits)."""
         key = (w.name, b)
-        if key not in cache:
-            k, _, deq = qpass.quantize(w, b)
-            cache[key] = (deq, k.size * entropy_bits(k))
-        return cache[key]
+        if key not in self._cache:
+            k, _, deq = self.qpass.quantize(w, b)
+            self._cache[key] = (deq, k.size * entropy_bits(k))
+        return self._cache[key]
 
-    def feed(bits: dict[str, float]) -> dict[str, np.ndarray]:
-        return {w.name: quantized(w, bits[w.name])[0] for w in weights}
+    def feed(self, bits: dict[str, float]) -> dict[str, np.ndarray]:
+        return {w.name: self.get(w, bits[w.name])[0] for w in self.weights}
 
-    def uniform(b: float) -> dict[str, float]:
-        return {w.name: b + (qpass.bias_bits if w.role == "bias" else 0.0) for w in weights}
+    def size(self, bits: dict[str, float]) -> float:
+        return sum(self.get(w, bits[w.name])[1] for w in self.weights)
 
+    def uniform(self, b: float) -> dict[str, float]:
+        """Every weight at ``b`` (biases keep their extra bits)."""
+        return {w.name: b + (self.qpass.bias_bits if w.role == "bias" else 0.0) for w in self.weights}
+
+
+def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what: str,
+                  high: float = BITS_HIGH, candidates: Candidates | None = None,
+                  unseen: set[str] = frozenset()) -> tuple[dict[str, float], float, float]:
+    """The two phases of the module doc: a global ``bits`` by bisection in [BITS_LOW, ``high``],
+    then per-tensor coarsening of the largest tensors but the ``unseen`` ones (rounding them
+    changes nothing on these inputs, so coarsening would look free: an If branch the inputs do
+    not take), keeping ``error(weights by name) <= budget``. Returns the bits per weight, the
+    final error and the latents' estimated coded size in bits (n * entropy, summed)."""
+    c = candidates or Candidates(weights, qpass)
     lo, hi = BITS_LOW, high
-    top = error(feed(uniform(hi)))
+    top = error(c.feed(c.uniform(hi)))
     if top > budget:
         say(f"even {hi} bits exceed the budget; using {hi}")
-        bits = uniform(hi)
-        return bits, top, sum(quantized(w, bits[w.name])[1] for w in weights)
+        bits = c.uniform(hi)
+        return bits, top, c.size(bits)
     while hi - lo > BITS_TOLERANCE:
         mid = (lo + hi) / 2
-        err = error(feed(uniform(mid)))
+        err = error(c.feed(c.uniform(mid)))
         say(f"bits={mid:.3f} {what} {err:.4%}")
         if err <= budget:
             hi = mid
         else:
             lo = mid
-    bits = uniform(hi)
-    refine = tensors_to_refine(weights)
+    bits = c.uniform(hi)
+    refine = [w for w in tensors_to_refine(weights) if w.name not in unseen]
     say(f"global bits {hi:.3f}; refining the {len(refine)} largest tensors")
     for w in refine:
         while bits[w.name] - PER_TENSOR_STEP >= PER_TENSOR_FLOOR:
@@ -194,14 +224,14 @@ def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what:
             trial[w.name] = bits[w.name] - PER_TENSOR_STEP
             # Coarser is not always smaller: error-compensating rounding at very coarse steps can
             # spread more nonzero latents than it saves. Only a smaller tensor is worth a try.
-            if quantized(w, trial[w.name])[1] >= quantized(w, bits[w.name])[1]:
+            if c.get(w, trial[w.name])[1] >= c.get(w, bits[w.name])[1]:
                 break
-            err = error(feed(trial))
+            err = error(c.feed(trial))
             if err > budget:
                 break
             bits = trial
         say(f"{w.name}: bits {bits[w.name]:.3f}")
-    return bits, error(feed(bits)), sum(quantized(w, bits[w.name])[1] for w in weights)
+    return bits, error(c.feed(bits)), c.size(bits)
 
 
 def tensors_to_refine(weights: list[Weight]) -> list[Weight]:
