@@ -192,3 +192,14 @@ def test_npz_arrays_take_each_inputs_declared_type(tmp_path):
     np.savez(path, ids=ids - 1000, x=np.ones((3, 4)))
     with pytest.raises(DataError, match="outside uint8"):
         load_data(str(path), shapes, {"ids": np.dtype(np.uint8)})
+
+
+def test_a_0d_input_is_shared_by_every_sample_and_batch():
+    """A sample rate or a branch flag is one value for the whole split, not a sample axis."""
+    x = np.arange(10, dtype=np.float32).reshape(5, 2)
+    split = Split({"x": x, "sr": np.array(16000, np.int64)}, None)
+    assert len(split) == 5
+    parts = list(batches(split, 2))
+    assert [len(b) for b in parts] == [2, 2, 1]
+    assert all(b.inputs["sr"].shape == () and int(b.inputs["sr"]) == 16000 for b in parts)
+    np.testing.assert_array_equal(np.concatenate([b.inputs["x"] for b in parts]), x)
