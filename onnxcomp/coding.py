@@ -161,3 +161,17 @@ def entropy_bits(values: np.ndarray) -> float:
     _, counts = np.unique(v, return_counts=True)
     p = counts / v.size
     return float(-(p * np.log2(p)).sum())
+
+
+def coded_bits_estimate(values: np.ndarray) -> float:
+    """What ``pack`` will spend on an integer tensor, in bits, without coding it: the histogram's
+    entropy plus the int32 table over the value range, or the narrowest raw type where that is
+    smaller (tiny tensors, fine steps). Searches compare steps by it: entropy alone makes a
+    small tensor at 10 bits look nearly free, and its 1,000-entry table is not."""
+    v = np.asarray(values).reshape(-1)
+    if v.size == 0:
+        return 0.0
+    lo, hi = int(v.min()), int(v.max())
+    coded = v.size * entropy_bits(v) + 32.0 * (hi - lo + 1)
+    return min(coded, 8.0 * v.size * narrowest_int_dtype(lo, hi).itemsize)
+

@@ -50,3 +50,17 @@ def test_bin_masses_sum_to_one(prior):
     ks = np.arange(-2000, 2001, dtype=np.float64)
     masses = [2.0 ** -PRIORS[prior].bits_numpy(np.array([k]), params) for k in ks]
     assert sum(masses) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_coded_size_estimate_tracks_what_the_encoder_writes_table_included():
+    from onnxcomp.coding import coded_bits_estimate, encode_tensor, narrowest_int_dtype
+
+    rng = np.random.default_rng(4)
+    # a coarse step; a fine one whose table is a fifth of the stream; one where raw int16 wins
+    for scale, n in ((3.0, 200_000), (300.0, 100_000), (300.0, 20_000)):
+        k = np.rint(rng.laplace(0, scale, n)).astype(np.int32)
+        raw = k.size * narrowest_int_dtype(int(k.min()), int(k.max())).itemsize
+        written = 8 * min(encode_tensor(k).payload_bytes, raw)  # pack's choice
+        assert coded_bits_estimate(k) == pytest.approx(written, rel=0.02)
+    tiny = np.array([-3, 100, 7], np.int32)  # raw int8 beats any stream and table
+    assert coded_bits_estimate(tiny) == 3 * 8

@@ -11,7 +11,7 @@ original model's, so unlabeled data still works. Two phases, each monotone in pr
 1. one global ``bits`` for all weights (biases keep their extra bits), found by bisection;
 2. greedy per-tensor coarsening of the largest tensors (together 90% of the weights, at most
    12), largest first since it saves the most bytes, half a bit at a time while the budget holds
-   and the tensor's coded size (estimated by its latents' entropy) actually shrinks.
+   and the tensor's coded size (estimated from its latents: entropy plus table) actually shrinks.
 
 Every evaluation runs one onnxruntime session in which the weights are graph inputs, so trying
 new steps costs one forward pass over the split, not a session build.
@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxcomp.coding import entropy_bits
+from onnxcomp.coding import coded_bits_estimate
 from onnxcomp.data import Split, batches
 from onnxcomp.errors import DataError
 from onnxcomp.graph.weights import Weight
@@ -167,18 +167,18 @@ def search_say(context):
 
 class Candidates:
     """Quantized versions of the weights, cached by (weight, bits): what the search feeds the
-    evaluator, and the latents' coded size estimate (n * entropy) that it minimizes."""
+    evaluator, and the latents' coded size estimate (``coded_bits_estimate``) it minimizes."""
 
     def __init__(self, weights: list[Weight], qpass):
         self.weights, self.qpass = weights, qpass
         self._cache: dict[tuple[str, float], tuple[np.ndarray, float]] = {}
 
     def get(self, w: Weight, b: float) -> tuple[np.ndarray, float]:
-        """(dequantized weight, its latents' coded size estimate in bits)."""
+        """(dequantized weight, its latents' coded size estimate in bits, table included)."""
         key = (w.name, b)
         if key not in self._cache:
             k, _, deq = self.qpass.quantize(w, b)
-            self._cache[key] = (deq, k.size * entropy_bits(k))
+            self._cache[key] = (deq, coded_bits_estimate(k))
         return self._cache[key]
 
     def feed(self, bits: dict[str, float]) -> dict[str, np.ndarray]:
@@ -199,7 +199,7 @@ def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what:
     then per-tensor coarsening of the largest tensors but the ``unseen`` ones (rounding them
     changes nothing on these inputs, so coarsening would look free: an If branch the inputs do
     not take), keeping ``error(weights by name) <= budget``. Returns the bits per weight, the
-    final error and the latents' estimated coded size in bits (n * entropy, summed)."""
+    final error and the latents' estimated coded size in bits (``coded_bits_estimate``, summed)."""
     c = candidates or Candidates(weights, qpass)
     lo, hi = BITS_LOW, high
     top = error(c.feed(c.uniform(hi)))

@@ -72,22 +72,27 @@ def test_per_tensor_bits_are_smaller_than_one_bits_for_all_and_the_file_holds_wh
 
 
 def if_model(seed: int = 1) -> onnx.ModelProto:
-    """y = If(max(x) > 50, then: x @ T, else: x @ E) @ M. Probe inputs (standard normal) never
-    reach 50, so T is never run on them; real inputs may."""
+    """y = x @ A + 0.01 * If(max(x) > 50, then: x @ T, else: x @ E) @ M. Probe inputs (standard
+    normal) never reach 50, so T is never run on them; real inputs may. E and M matter a hundred
+    times less per value than A, so per-tensor bits pay."""
     rng = np.random.default_rng(seed)
 
     def branch(name, weight):
-        w = helper.make_tensor(weight, TensorProto.FLOAT, [32, 64], rng.laplace(0, 0.1, 32 * 64).astype(np.float32))
+        w = helper.make_tensor(weight, TensorProto.FLOAT, [32, 512], rng.laplace(0, 0.1, 32 * 512).astype(np.float32))
         return helper.make_graph([helper.make_node("MatMul", ["x", weight], [f"{name}_out"])], name, [],
-                                 [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, ["N", 64])], [w])
+                                 [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, ["N", 512])], [w])
 
     nodes = [helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0),
              helper.make_node("Greater", ["peak", "limit"], ["flag"]),
              helper.make_node("If", ["flag"], ["h"], then_branch=branch("then", "T"), else_branch=branch("else", "E")),
-             helper.make_node("MatMul", ["h", "M"], ["y"])]
+             helper.make_node("MatMul", ["h", "M"], ["hm"]),
+             helper.make_node("Mul", ["hm", "small"], ["hs"]),
+             helper.make_node("MatMul", ["x", "A"], ["a"]),
+             helper.make_node("Add", ["a", "hs"], ["y"])]
     return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-                      {"M": rng.laplace(0, 0.1, (64, 4)).astype(np.float32), "limit": np.array(50.0, np.float32)})
+                      {"M": rng.laplace(0, 0.1, (512, 4)).astype(np.float32), "A": rng.laplace(0, 0.1, (32, 4)).astype(np.float32),
+                       "small": np.array(0.01, np.float32), "limit": np.array(50.0, np.float32)})
 
 
 def test_a_branch_the_inputs_never_take_keeps_the_uniform_bits_instead_of_looking_free(tmp_path):
@@ -103,7 +108,7 @@ def test_a_branch_the_inputs_never_take_keeps_the_uniform_bits_instead_of_lookin
     # Rounding T changes nothing on the probes: neither the uniform search's refinement nor the
     # allocation may take that as licence to coarsen it; it stays at the global bits both ways.
     assert bits["T"] == one_for_all["T"] == one_for_all["M"] >= 7.0
-    assert bits["E"] != bits["T"]  # E was allocated
+    assert bits["E"] < bits["T"] < bits["A"]  # E was allocated, coarser; A finer
     # and the branch computes what the original does, at int8-like accuracy
     import onnxcomp.runtime as rt
 
