@@ -23,9 +23,9 @@ move outputs a lot and keep every decision; weight noise as large does not.
 
 The steps are either one ``bits`` for all (``step_search.coarsest_bits``) or per tensor
 (``allocation.allocated_bits``: each tensor's share of the budget in proportion to its size,
-from its own measured output change), whichever is smaller; per tensor only where the inputs are
-samples, not guesses (``guessed_inputs``), and only within int8's weights' change (the
-activation allowance goes to one bits for all).
+from its own measured output change), whichever is smaller; per tensor only for models whose
+inputs are floats (``integer_inputs``), and only within int8's weights' change (the activation
+allowance goes to one bits for all).
 
 Either way it is a relative yardstick, "no more output change than int8 on the same inputs",
 not an accuracy figure: BENCHMARKS.md (corpus) has the task metrics it gives.
@@ -136,15 +136,15 @@ def probe_inputs(model: ir.Model, seed: int, samples: int = PROBE_SAMPLES) -> Sp
     return Split(inputs, None)
 
 
-def guessed_inputs(model: ir.Model) -> list[str]:
-    """Data inputs whose probe values are guesses rather than samples of the declared type:
-    integers (token ids, bytes, masks, lengths). Per-tensor allocation trusts the ratios of
-    tensors' output changes, and those follow the guess: MiniLM's probes (every position a random
-    token, every position attended) rate its position embeddings 3.5x higher against its word
-    table than its real sentences do, and per-tensor bits spent the difference where real
-    sentences lost twice int8's cosine. Float inputs (pixels, audio features) are noise of
-    comparable activity everywhere, and there per-tensor bits kept or beat int8 on every corpus
-    model."""
+def integer_inputs(model: ir.Model) -> list[str]:
+    """Data inputs that hold integers or booleans (token ids, masks, bytes, flags). Per-tensor
+    allocation trusts the ratios of tensors' output changes on the inputs it measures, and for
+    symbol inputs those ratios follow which symbols, lengths and masks the inputs happen to hold:
+    MiniLM's probes (every position a random token, every position attended) rate its position
+    embeddings 3.5x higher against its word table than its real sentences do, and per-tensor
+    bits spent the difference where real sentences lost twice int8's cosine; on magika's own
+    calibration files per-tensor bits flipped 4 file types where int8 flips 2. Float inputs
+    (pixels, audio features) were safe on every corpus model, probes or real."""
     return [v.name for v in model.graph.inputs
             if v.name not in model.graph.initializers and v.dtype is not None
             and np.dtype(NUMPY.get(v.dtype, np.object_)).kind not in "fc"]
@@ -211,8 +211,8 @@ def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context
                                       unseen)
     say(f"uniform: about {size / 8:,.0f} bytes of latents")
     method = "uniform"
-    if qpass.allocate and what == "probe inputs" and (guessed := guessed_inputs(model)):
-        say(f"per-tensor bits not tried: probes guess the values of {', '.join(guessed)} (ids, masks, lengths)")
+    if qpass.allocate and (symbolic := integer_inputs(model)):
+        say(f"per-tensor bits not tried: integer inputs {', '.join(symbolic)} (ids, masks, bytes)")
     elif qpass.allocate:
         # Per-tensor bits spend only int8's weights' own change, never the activation allowance:
         # against ACTIVATION_CAP x that on calibration inputs they lost boxes int8 keeps (nudenet

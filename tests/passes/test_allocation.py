@@ -129,6 +129,6 @@ def test_tables_and_token_inputs_are_left_to_the_uniform_search(tmp_path):
     src = tmp_path / "enc.onnx"
     onnx.save(text_encoder(), src)
     report = compress(src, tmp_path / "o.onnx", "ptq", progress=False, seed=0)
-    # Token ids on probes are guesses: per-tensor ratios measured on them are not trusted.
+    # Per-tensor ratios measured on token ids follow the ids chosen: not trusted.
     assert report["search"]["method"] == "uniform"
     assert json.loads(json.dumps(report))["search"]["inputs"].startswith("probe inputs")
