@@ -41,15 +41,21 @@ UNSEEN = 1e-6  # relative output change below which a tensor counts as not seen 
 OFFSET_LOW, OFFSET_HIGH = -4.0, 6.0
 
 
+def allocatable(weights: list[Weight]) -> list[Weight]:
+    """The weights allocation measures: the largest MEASURE_MAX, tables and biases aside."""
+    return sorted((w for w in weights if w.role == "weight" and not read_by_rows(w)),
+                  key=lambda w: -w.value.const_value.size)[:MEASURE_MAX]
+
+
 def sensitivities(weights: list[Weight], candidates: Candidates, originals: dict[str, np.ndarray],
                   change) -> dict[str, float]:
-    """Output change with each of the largest weights (tables aside) alone at SENSITIVITY_BITS."""
-    measured = sorted((w for w in weights if w.role == "weight" and not read_by_rows(w)),
-                      key=lambda w: -w.value.const_value.size)
-    out = {}
-    for w in measured[:MEASURE_MAX]:
-        out[w.name] = change({**originals, w.name: candidates.get(w, SENSITIVITY_BITS)[0]})
-    return out
+    """Output change with each of ``weights`` alone at SENSITIVITY_BITS (the rest ``originals``)."""
+    return {w.name: change({**originals, w.name: candidates.get(w, SENSITIVITY_BITS)[0]}) for w in weights}
+
+
+def unseen_in(changes: dict[str, float]) -> set[str]:
+    """The measured weights whose rounding moves no output on the inputs."""
+    return {name for name, c in changes.items() if c <= UNSEEN}
 
 
 def read_by_rows(w: Weight) -> bool:
@@ -70,12 +76,12 @@ def allocated_bits(weights: list[Weight], candidates: Candidates, changes: dict[
     None when even the finest offset exceeds it. ``fallback`` gives the bits of the tensors not
     allocated (unseen, unmeasured, tables, biases). Returns (bits, final change, estimated latent
     bits)."""
-    seen = {name: c for name, c in changes.items() if c > UNSEEN}
+    seen = {name: c for name, c in changes.items() if name not in unseen_in(changes)}
     if not seen:
         return None
     sizes = {w.name: int(w.value.const_value.size) for w in weights if w.name in seen}
     base = base_allocation(sizes, seen, budget)
-    unseen = sorted(set(changes) - set(seen))
+    unseen = unseen_in(changes)
     if unseen:
         say(f"allocation: {len(unseen)} tensor(s) move no output on these inputs and keep the uniform bits")
 

@@ -41,9 +41,9 @@ import onnx_ir as ir
 from onnxcomp.data import Split
 from onnxcomp.graph.weights import Weight
 from onnxcomp.passes.quantize.step_rule import quantize_array, step_for
-from onnxcomp.passes.quantize.allocation import UNSEEN, allocated_bits, sensitivities
+from onnxcomp.passes.quantize.allocation import allocatable, allocated_bits, sensitivities, unseen_in
 from onnxcomp.passes.quantize.step_search import (BITS_HIGH, Candidates, WeightSwapEvaluator, coarsest_bits, finish_search,
-                                                  search_say)
+                                                  search_say, tensors_to_refine)
 
 PROBE_SAMPLES = 8
 SYMBOLIC_DIM = 32  # a probe's size for a symbolic non-batch dimension (sequence length)
@@ -204,26 +204,33 @@ def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context
     # on the rms grid (RD rounding or not) MiniLM met the same probe budget at 0.59x int8's file
     # and lost twice int8's cosine on real sentences.
     high = 8.0 if qpass.grid == "peak" and qpass.probe_margin >= 1.0 else BITS_HIGH
-    candidates = Candidates(weights, qpass)
-    changes = sensitivities(weights, candidates, originals, change)
-    unseen = {name for name, c in changes.items() if c <= UNSEEN}
-    bits, final, size = coarsest_bits(weights, qpass, change, budget, say, "output change", high, candidates,
-                                      unseen)
-    say(f"uniform: about {size / 8:,.0f} bytes of latents")
-    method = "uniform"
-    if qpass.allocate and what != "probe inputs":
+    per_tensor = qpass.allocate
+    if per_tensor and what != "probe inputs":
         # Measured on calibration inputs, per-tensor bits lost more than int8 on nudenet (81.5%
         # vs 85.2% boxes) and the ddddocr CRNN (53% vs 60% lines), even within int8's weights'
         # change: a few dozen real inputs rate tensors by what those inputs happen to exercise.
         say("per-tensor bits not tried on calibration inputs")
-    elif qpass.allocate and (symbolic := integer_inputs(model)):
+        per_tensor = False
+    elif per_tensor and (symbolic := integer_inputs(model)):
         say(f"per-tensor bits not tried: integer inputs {', '.join(symbolic)} (ids, masks, bytes)")
-    elif qpass.allocate:
+        per_tensor = False
+    # Each measured tensor costs an evaluation: all of allocation's when it runs, else only the
+    # ones the uniform search's refinement may coarsen (never those the inputs do not reach).
+    candidates = Candidates(weights, qpass)
+    allocated_names = {w.name for w in allocatable(weights)} if per_tensor else set()
+    measured = [w for w in weights if w.name in allocated_names]
+    measured += [w for w in tensors_to_refine(weights) if w.name not in allocated_names]
+    changes = sensitivities(measured, candidates, originals, change)
+    bits, final, size = coarsest_bits(weights, qpass, change, budget, say, "output change", high, candidates,
+                                      unseen_in(changes))
+    say(f"uniform: about {size / 8:,.0f} bytes of latents")
+    method = "uniform"
+    if per_tensor:
         # Per-tensor bits spend only int8's weights' own change, never the activation allowance:
         # against ACTIVATION_CAP x that on calibration inputs they lost boxes int8 keeps (nudenet
         # 81.5% vs 85.2%), where one bits for all did not.
-        allocated = allocated_bits(weights, candidates, changes, change, weights_only * qpass.probe_margin + 1e-12,
-                                   bits, say)
+        allocated = allocated_bits(weights, candidates, {n: c for n, c in changes.items() if n in allocated_names},
+                                   change, weights_only * qpass.probe_margin + 1e-12, bits, say)
         if allocated is not None:
             say(f"per-tensor: about {allocated[2] / 8:,.0f} bytes of latents")
             if allocated[2] < size:

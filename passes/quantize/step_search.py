@@ -138,13 +138,12 @@ def search_bits(model: ir.Model, weights: list[Weight], qpass, context) -> dict[
 def unseen_among(weights: list[Weight], evaluator: WeightSwapEvaluator, candidates: Candidates,
                  originals: dict[str, np.ndarray]) -> set[str]:
     """Those of ``weights`` whose rounding alone moves no output on the evaluator's split."""
-    from onnxcomp.passes.quantize.allocation import SENSITIVITY_BITS, UNSEEN
+    from onnxcomp.passes.quantize.allocation import sensitivities, unseen_in
     from onnxcomp.passes.quantize.probes import relative_change
 
     reference = evaluator.batched_outputs(originals)
-    return {w.name for w in weights
-            if relative_change(reference, evaluator.batched_outputs(
-                {**originals, w.name: candidates.get(w, SENSITIVITY_BITS)[0]})) <= UNSEEN}
+    return unseen_in(sensitivities(weights, candidates, originals,
+                                   lambda feed: relative_change(reference, evaluator.batched_outputs(feed))))
 
 
 def finish_search(context, weights: list[Weight], bits: dict[str, float], base: float, final: float, budget: float,
