@@ -19,6 +19,8 @@ import onnx_ir as ir
 
 from onnxcomp.errors import ModelError, ModelLoadError
 from onnxcomp.graph.schemas import register_schemas
+from onnxcomp.runtime import format as fmt
+from onnxcomp.runtime.integrity import SEAL_KEY, seal
 
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # leave room for the graph itself under the 2 GB limit
@@ -60,13 +62,30 @@ def tensor_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
+def serialize(model: ir.Model | onnx.ModelProto) -> bytes:
+    """The file's bytes; a model using the ai.onnxcomp domain ends with its seal (FORMAT.md
+    section 8), the SHA-256 of every byte before it, which every decoder checks first."""
+    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
+    if any(p.key == SEAL_KEY for p in proto.metadata_props):  # a compressed model read back: seal anew
+        kept = [p for p in proto.metadata_props if p.key != SEAL_KEY]
+        proto = onnx.ModelProto.FromString(proto.SerializeToString()) if proto is model else proto
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(kept)
+    data = proto.SerializeToString()
+    return seal(data) if uses_custom_domain(proto) else data
+
+
+def uses_custom_domain(proto: onnx.ModelProto) -> bool:
+    return any(o.domain == fmt.DOMAIN for o in proto.opset_import)
+
+
 def save_model(model: ir.Model, path: str | os.PathLike) -> int:
     """Write atomically; returns the file size. External data above the protobuf limit."""
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
         return _save_with_external_data(model, dest)
-    data = to_proto(model).SerializeToString()
+    data = serialize(model)
     write_bytes_atomic(dest, data)
     return len(data)
 
@@ -122,6 +141,9 @@ def _save_with_external_data(model: ir.Model, dest: Path) -> int:
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmpdir:
         tmp_model = Path(tmpdir) / dest.name
         ir.save(model, tmp_model, external_data=data_name)
+        if fmt.DOMAIN in model.opset_imports:  # the seal covers the .onnx file (not its external data)
+            model.metadata_props.pop(SEAL_KEY, None)
+            tmp_model.write_bytes(seal(tmp_model.read_bytes()))
         os.replace(Path(tmpdir) / data_name, dest.parent / data_name)
         os.replace(tmp_model, dest)
     return dest.stat().st_size

@@ -115,12 +115,10 @@ class PackPass(CompressionPass):
             self._write_ans(model, value, parts, encoded, taken)
             modified = True
         # The domain is declared only when a node of it exists (every tensor may have been
-        # cheaper raw), at the lowest version that has every op used.
-        ops = {n.op_type for n in graph if n.domain == fmt.DOMAIN}
-        if fmt.BYTE_PLANE_DECODE in ops:
-            model.opset_imports[fmt.DOMAIN] = fmt.BYTE_PLANE_DOMAIN_VERSION
-        elif ops and fmt.DOMAIN not in model.opset_imports:
-            model.opset_imports[fmt.DOMAIN] = fmt.DOMAIN_VERSION
+        # cheaper raw), at version 3: the file is sealed when it is written (FORMAT.md section 8,
+        # onnxcomp.model_io.serialize).
+        if any(n.domain == fmt.DOMAIN for n in graph):
+            model.opset_imports[fmt.DOMAIN] = fmt.SEALED_DOMAIN_VERSION
         return ir.passes.PassResult(model, modified)
 
     def _code_quantized(self, model: ir.Model, value: ir.Value, taken: set[str]) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 from onnxcomp.errors import FormatError
 
 from . import format as fmt
-from .entropy_decode import DecodePlan, iter_values, max_symbols_in, validate_shape, validate_table
+from .entropy_decode import DecodePlan, check_crc_attribute, iter_values, max_symbols_in, validate_shape, validate_table
 
 NUMPY_TYPES = {1: np.dtype("<f4"), 10: np.dtype("<f2")}
 UNSIGNED = {4: np.dtype("<u4"), 2: np.dtype("<u2")}
@@ -104,10 +104,11 @@ def plan_byte_plane_decode(inputs: list[np.ndarray], attrs: dict[str, int], wher
             raise FormatError(f"{where}: declared shape {list(dims)} ({count} values) is larger than plane {j}'s "
                               f"{stop - start}-byte stream can hold under its table")
         words = np.frombuffer(b[start:stop].tobytes(), dtype="<u4").astype(np.uint32)
+        if words.size and words[-1] == 0:
+            raise FormatError(f"{where}: plane {j}'s stream ends in a zero word (never written by an ANS coder)")
         plans.append(DecodePlan(words, f, 0, (count,), None, f"{where} plane {j}"))
         start = stop
-    crc = int(attrs["crc32"])
-    return BytePlanePlan(tuple(plans), dims, NUMPY_TYPES[to], crc & 0xFFFFFFFF if crc >= 0 else -1, where)
+    return BytePlanePlan(tuple(plans), dims, NUMPY_TYPES[to], check_crc_attribute(attrs["crc32"], where), where)
 
 
 def byte_planes(values: np.ndarray) -> list[np.ndarray]:

@@ -1,5 +1,9 @@
 """Run compressed files as they are: ``ai.onnxcomp`` ops for onnxruntime via onnxruntime-extensions.
 
+    sess = onnxcomp.runtime.CustomOpSession("model.onnxcomp.onnx")   # checked, then run as is
+
+or, for files you trust, on your own session options:
+
     so = onnxruntime.SessionOptions()
     onnxcomp.runtime.register(so)
     sess = onnxruntime.InferenceSession("model.onnxcomp.onnx", so)
@@ -8,22 +12,37 @@ onnxruntime never constant-folds a custom op, so without help every Run would de
 op keeps an LRU cache of decoded tensors keyed by the node's content (CRC of its bitstream and
 table plus its attributes), so only the first Run decodes; later Runs copy the cached tensor out.
 For no per-Run cost at all, decode at load (``onnxcomp.runtime.InferenceSession``).
+
+A Python op cannot fail gracefully: whatever it raises, onnxruntime-extensions 0.15 under
+onnxruntime 1.19 ends the process (``terminate called after throwing ... error_already_set``,
+exit 134; measured, and the same for a returned value of the wrong shape). So
+:func:`CustomOpSession` checks and decodes every node *before* the session exists (seal, sizes,
+streams, CRCs; errors are the typed ones of decode at load) and leaves the results in the cache
+the op serves from: its Runs cannot meet a bad stream. ``register`` alone gives no such
+guarantee: a corrupt file reaches the op at the first Run and aborts the host.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import zlib
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
-from onnxcomp.errors import OnnxcompError
+from onnxcomp.errors import ModelLoadError, OnnxcompError
 
 from . import format as fmt
-from .ops import decode_node
+from .byteplane_decode import BytePlanePlan
+from .integrity import check_budget
+from .ops import planner_for
 
 CACHE_MAX_BYTES = 1 << 31
+# The attributes each op declares to onnxruntime-extensions: what the op sees, so what the cache
+# key is made of.
+OP_ATTRIBUTES = {fmt.ENTROPY_DECODE: ("format_version", "crc32"), fmt.BYTE_PLANE_DECODE: ("format_version", "crc32", "to")}
 
 _lock = threading.Lock()
 _cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -48,7 +67,10 @@ def _decode_cached(inputs: list[np.ndarray], attrs: dict[str, int], op_type: str
             _cache.move_to_end(key)
             return hit
     where = f"{fmt.DOMAIN}::{op_type} (crc32 {attrs.get('crc32', 0):#010x})"
-    out = decode_node(fmt.DOMAIN, op_type, inputs, attrs, where)
+    plan = planner_for(fmt.DOMAIN, op_type, attrs.get("format_version", -1), where)(inputs, attrs, where)
+    itemsize = plan.dtype.itemsize if isinstance(plan, BytePlanePlan) else 4
+    check_budget(plan.count * itemsize, sum(np.asarray(a).nbytes for a in inputs), None, where)
+    out = plan.decode()
     out.setflags(write=False)
     with _lock:
         _cache[key] = out
@@ -118,3 +140,34 @@ def register(session_options) -> None:
         ) from None
     _define_ops()
     session_options.register_custom_ops_library(get_library_path())
+
+
+def CustomOpSession(path_or_model: Any, sess_options: Any = None, providers: Any = None, *,
+                    max_decoded_bytes: int | None = None, verify: bool = True, **kwargs: Any):
+    """An ``onnxruntime.InferenceSession`` that runs the compressed file as it is (ai.onnxcomp
+    nodes and all) with the custom op, after checking and decoding every node here.
+
+    Raises FormatError / ModelLoadError, as decode at load does, for any file that is not
+    exactly what onnxcomp wrote (seal, sizes, streams, CRCs), so the op never meets a bad stream
+    inside a Run (where it could only abort the process). Takes what onnxruntime's session takes.
+    """
+    import onnxruntime as ort
+
+    from .load import check_graph, read_model_bytes
+
+    data = read_model_bytes(path_or_model)
+    checked = check_graph(data, verify=verify, max_decoded_bytes=max_decoded_bytes)
+    if checked is not None:
+        for t in checked.tensors:
+            for node in t.parts:
+                attrs = {k: v for k, v in node.int_attrs.items() if k in OP_ATTRIBUTES[node.op_type]}
+                _decode_cached(checked.node_inputs[id(node)], attrs, node.op_type)
+    if sess_options is None:
+        sess_options = ort.SessionOptions()
+    register(sess_options)
+    model = path_or_model if isinstance(path_or_model, (str, os.PathLike)) else data
+    try:
+        return ort.InferenceSession(model if not isinstance(model, os.PathLike) else os.fspath(model), sess_options,
+                                    providers=providers or ["CPUExecutionProvider"], **kwargs)
+    except Exception as exc:  # onnxruntime's own Fail/InvalidGraph types
+        raise ModelLoadError(f"onnxruntime rejected the model: {exc}") from None

@@ -124,7 +124,18 @@ def plan_decode(bitstream, frequencies, offset, shape, *, crc32: int,
         )
     # A copy, not a view: the file's buffer may be unaligned, and it is small.
     words = np.frombuffer(b.tobytes(), dtype="<u4").astype(np.uint32)
-    return DecodePlan(words, f, lo, dims, int(crc32) & 0xFFFFFFFF if int(crc32) >= 0 else -1, where)
+    if words.size and words[-1] == 0:
+        raise FormatError(f"{where}: bitstream ends in a zero word; an ANS stream's last word is the high half "
+                          f"of a state >= 2**32, never 0")
+    return DecodePlan(words, f, lo, dims, check_crc_attribute(crc32, where), where)
+
+
+def check_crc_attribute(crc32: int, where: str) -> int:
+    """A ``crc32`` attribute is a CRC-32: an integer in [0, 2**32)."""
+    value = int(crc32)
+    if not 0 <= value < 1 << 32:
+        raise FormatError(f"{where}: crc32 attribute {value} is not a 32-bit CRC (0 .. 2**32 - 1)")
+    return value
 
 
 def iter_values(plan: DecodePlan, granularity: int = 1) -> Iterator[np.ndarray]:
@@ -135,10 +146,13 @@ def iter_values(plan: DecodePlan, granularity: int = 1) -> Iterator[np.ndarray]:
     """
     import constriction  # imported here so a failing import names the missing package late
 
-    model = constriction.stream.model.Categorical((plan.frequencies - 1).astype(np.float64), perfect=False)
-    # The quantized CDF constriction derives from (f - 1) with perfect=False is exactly cumsum(f);
-    # the tests check this against the pure-Python reference decoder on random tables.
-    coder = constriction.stream.stack.AnsCoder(plan.words)
+    try:
+        model = constriction.stream.model.Categorical((plan.frequencies - 1).astype(np.float64), perfect=False)
+        # The quantized CDF constriction derives from (f - 1) with perfect=False is exactly
+        # cumsum(f); the tests check this against the pure-Python reference decoder on random tables.
+        coder = constriction.stream.stack.AnsCoder(plan.words)
+    except Exception as exc:  # checked in plan_decode already; constriction's own refusal, typed
+        raise FormatError(f"{plan.where}: corrupt bitstream or table ({exc})") from None
     step = max(1, CHUNK_SYMBOLS // max(1, granularity)) * max(1, granularity)
     crc = 0
     done = 0

@@ -9,6 +9,10 @@ DOMAIN_VERSION = 1  # what a file imports when it uses only EntropyDecode
 # Domain version 2 adds BytePlaneDecode (exact float weights); a file using it imports version 2.
 # EntropyDecode is the same op in both: version-1 files decode unchanged.
 BYTE_PLANE_DOMAIN_VERSION = 2
+# Domain version 3 seals the file (FORMAT.md section 8, runtime/integrity.py): every file onnxcomp
+# writes imports it. Ops and streams are those of version 2.
+SEALED_DOMAIN_VERSION = 3
+DOMAIN_VERSIONS = (1, 2, 3)  # what the decoders here read; any other version is refused
 
 ENTROPY_DECODE = "EntropyDecode"
 # Attribute ``format_version`` of EntropyDecode; a decoder refuses versions it does not know.

@@ -28,6 +28,7 @@ from . import format as fmt
 from . import onnx_wire as w
 from .byteplane_decode import BytePlanePlan
 from .entropy_decode import DecodePlan
+from .integrity import check_budget, check_seal, domain_version, is_seal
 from .ops import planner_for
 from .parallel_decode import PARALLEL_MIN_SYMBOLS, Arena, Job, run_jobs, workers_available
 
@@ -51,14 +52,18 @@ def read_model_bytes(model: Any) -> bytes:
         raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def decode_model(model: Any) -> bytes:
+def decode_model(model: Any, *, max_decoded_bytes: int | None = None, verify: bool = True,
+                 workers: int | None = None) -> bytes:
     """Return standard ONNX bytes with every ``ai.onnxcomp`` node decoded into an initializer.
 
     A model without such nodes is returned unchanged. Raises FormatError naming the node when a
-    bitstream, table, shape or CRC is wrong, ModelLoadError when the bytes are not ONNX.
-    Tensors stored as external data stay external (resolved against the model's own folder).
+    bitstream, table, shape, CRC or the file's seal is wrong, ModelLoadError when the bytes are
+    not ONNX. Tensors stored as external data stay external (resolved against the model's own
+    folder). ``max_decoded_bytes`` raises the decode budget (FORMAT.md section 8); ``verify=False``
+    skips the seal check (a file you edited yourself); ``workers`` > 1 decodes in forked
+    processes (see :mod:`.parallel_decode`).
     """
-    return _rewrite(read_model_bytes(model))
+    return _rewrite(read_model_bytes(model), max_decoded_bytes=max_decoded_bytes, verify=verify, workers=workers)
 
 
 def external_initializers(data: bytes, base_dir: str | None) -> dict[str, np.ndarray]:
@@ -118,29 +123,60 @@ class DecodedTensor:
         return types.pop()
 
 
-def _rewrite(data: bytes, weights_file: str | None = None) -> bytes:
-    """Decode every ai.onnxcomp node of the main graph.
+@dataclass
+class CheckedGraph:
+    """A compressed model after every check that can be made before decoding: the seal, the
+    graph's structure, and each ai.onnxcomp node's inputs planned (sizes against bytes)."""
 
-    weights_file None: decoded tensors become inline initializers (standard ONNX bytes).
-    weights_file set: Cast(float32) -> Mul(step) chains are folded too, and every decoded tensor
-    is written (decoded in place, by all workers) into that file, which the returned graph
-    references as external data by its base name: the model must be saved beside it.
-    """
-    hand_over = weights_file is not None
-    buf = memoryview(data)
-    top = w.parse_fields(buf)
+    top: list[w.Field]
+    graph_fields: list[w.Field]
+    nodes: list[tuple[w.Field, w.Node]]
+    initializers: dict[str, w.Field]
+    graph_outputs: set[str]
+    readers: dict[str, list[w.Node]]
+    subgraph_reads: set[str]
+    tensors: list[DecodedTensor]
+    node_inputs: dict[int, list[np.ndarray]]  # id(node) -> its input arrays, in order
+
+    def sole_reader(self, name: str) -> w.Node | None:
+        users = self.readers.get(name, [])
+        if len(users) != 1 or name in self.graph_outputs or name in self.subgraph_reads:
+            return None
+        return users[0]
+
+
+def check_graph(data: bytes, *, verify: bool = True, max_decoded_bytes: int | None = None) -> CheckedGraph | None:
+    """Check a model's bytes as every decode path does before it allocates anything; None when
+    the model has no ai.onnxcomp node. Raises FormatError / ModelLoadError naming what is wrong."""
+    top = w.parse_fields(memoryview(data))
+    version = domain_version(top)
+    # The seal first: nothing else in the file is believed before the hash over it matches.
+    if verify:
+        check_seal(top, version)
     graphs = [f for f in top if f.number == w.MODEL_GRAPH and f.wire_type == w.LEN]
     if len(graphs) != 1:
         raise ModelLoadError("not an ONNX model (no graph)")
     graph_fields = w.parse_fields(graphs[0].value)
 
+    for f in graph_fields:
+        if f.number in (w.GRAPH_NODE, w.GRAPH_INITIALIZER, w.GRAPH_OUTPUT, w.GRAPH_VALUE_INFO):
+            w._expect(f, w.LEN, "graph node/initializer/value_info")
     nodes = [(f, w.parse_node(f.value)) for f in graph_fields if f.number == w.GRAPH_NODE]
     if not any(n.domain == fmt.DOMAIN for _, n in nodes):
-        return data
+        return None
+    if version is None:
+        raise FormatError(f"the graph has {fmt.DOMAIN} nodes but the model does not import the domain")
     _reject_custom_nodes_in_subgraphs(n for _, n in nodes)
 
-    initializers = {w.tensor_name(f.value): f for f in graph_fields if f.number == w.GRAPH_INITIALIZER}
+    initializers: dict[str, w.Field] = {}
+    for f in graph_fields:
+        if f.number == w.GRAPH_INITIALIZER:
+            name = w.tensor_name(f.value)
+            if name in initializers:
+                raise FormatError(f"initializer {name!r} appears twice in the main graph")
+            initializers[name] = f
     graph_outputs = {w.string_field(f.value, w.VALUE_INFO_NAME) for f in graph_fields if f.number == w.GRAPH_OUTPUT}
+    _reject_duplicate_outputs([n for _, n in nodes], initializers, version)
     readers: dict[str, list[w.Node]] = {}
     subgraph_reads: set[str] = set()
     for _, n in nodes:
@@ -148,14 +184,10 @@ def _rewrite(data: bytes, weights_file: str | None = None) -> bytes:
             readers.setdefault(name, []).append(n)
         for sub in n.subgraphs:
             subgraph_reads.update(w.graph_input_names(sub))
+    checked = CheckedGraph(top, graph_fields, nodes, initializers, graph_outputs, readers, subgraph_reads, [], {})
 
-    def sole_reader(name: str) -> w.Node | None:
-        users = readers.get(name, [])
-        if len(users) != 1 or name in graph_outputs or name in subgraph_reads:
-            return None
-        return users[0]
-
-    tensors = _group_streams([n for _, n in nodes], sole_reader)
+    checked.tensors = tensors = _group_streams([n for _, n in nodes], checked.sole_reader)
+    coded_bytes = 0
     for t in tensors:
         for node in t.parts:
             where = f"node {node.name or node.outputs[:1]} ({node.domain}::{node.op_type})"
@@ -166,10 +198,38 @@ def _rewrite(data: bytes, weights_file: str | None = None) -> bytes:
                 if name not in initializers:
                     raise FormatError(f"{where}: input {name!r} is not an initializer of the main graph")
                 arrays.append(w.parse_tensor(initializers[name].value, f"{where} input {name!r}"))
+            for attr in ("format_version", "crc32", "to"):
+                if attr in node.other_attrs:
+                    raise FormatError(f"{where}: attribute {attr!r} must be an integer")
             planner = planner_for(node.domain, node.op_type, node.int_attrs.get("format_version", -1), where)
             t.plans.append(planner(arrays, node.int_attrs, where))
+            checked.node_inputs[id(node)] = arrays
+            coded_bytes += sum(a.nbytes for a in arrays)
         if t.concat is not None and any(p.shape[1:] != t.plans[0].shape[1:] or not p.shape for p in t.plans):
             raise FormatError(f"node {t.concat.name!r}: the streams it joins disagree in shape")
+    # Every size is checked; now the total against the decode budget, before allocating it.
+    declared = sum(p.count * (p.dtype.itemsize if isinstance(p, BytePlanePlan) else 4) for t in tensors for p in t.plans)
+    check_budget(declared, coded_bytes, max_decoded_bytes, "the model")
+
+    return checked
+
+
+def _rewrite(data: bytes, weights_file: str | None = None, *, max_decoded_bytes: int | None = None,
+             verify: bool = True, workers: int | None = None) -> bytes:
+    """Decode every ai.onnxcomp node of the main graph.
+
+    weights_file None: decoded tensors become inline initializers (standard ONNX bytes).
+    weights_file set: Cast(float32) -> Mul(step) chains are folded too, and every decoded tensor
+    is written (decoded in place, by all workers) into that file, which the returned graph
+    references as external data by its base name: the model must be saved beside it.
+    """
+    hand_over = weights_file is not None
+    checked = check_graph(data, verify=verify, max_decoded_bytes=max_decoded_bytes)
+    if checked is None:
+        return data
+    top, graph_fields, nodes = checked.top, checked.graph_fields, checked.nodes
+    initializers, graph_outputs, readers = checked.initializers, checked.graph_outputs, checked.readers
+    subgraph_reads, tensors, sole_reader = checked.subgraph_reads, checked.tensors, checked.sole_reader
 
     removed: set[int] = set()  # ids of the parsed nodes dropped from the graph
     specs, targets = [], []
@@ -193,7 +253,7 @@ def _rewrite(data: bytes, weights_file: str | None = None) -> bytes:
         targets.append((t.name, None, False))
 
     total = sum(p.count for t in tensors for p in t.plans)
-    workers = workers_available() if total >= PARALLEL_MIN_SYMBOLS else 1
+    workers = workers_available(workers) if total >= PARALLEL_MIN_SYMBOLS else 1
     arena = Arena(specs, shared=workers > 1, path=weights_file)
     jobs = []
     results: dict[str, np.ndarray] = {}
@@ -243,9 +303,33 @@ def _rewrite(data: bytes, weights_file: str | None = None) -> bytes:
             out_parts.append(w.len_field(w.MODEL_GRAPH, graph_payload))
         elif f.number == w.MODEL_OPSET_IMPORT and w.string_field(f.value, w.OPSET_DOMAIN) == fmt.DOMAIN:
             continue  # no ai.onnxcomp node is left
+        elif is_seal(f):
+            continue  # it sealed the compressed bytes, not these
         else:
             out_parts.append(f.raw)
     return b"".join(out_parts)
+
+
+def _reject_duplicate_outputs(nodes: list[w.Node], initializers: dict[str, w.Field], version: int) -> None:
+    """Each value of the main graph has one producer (ONNX requires it; a decoder that kept the
+    last of two same-named decoded tensors would hand onnxruntime the wrong weights)."""
+    produced: dict[str, str] = {}
+    custom_names: set[str] = set()
+    for n in nodes:
+        if n.domain == fmt.DOMAIN:
+            if n.op_type == fmt.BYTE_PLANE_DECODE and version < fmt.BYTE_PLANE_DOMAIN_VERSION:
+                raise FormatError(f"node {n.name!r}: {n.op_type} needs {fmt.DOMAIN} version "
+                                  f"{fmt.BYTE_PLANE_DOMAIN_VERSION}, the model imports {version}")
+            if n.name and n.name in custom_names:
+                raise FormatError(f"two {fmt.DOMAIN} nodes are named {n.name!r}")
+            custom_names.add(n.name)
+        for out in n.outputs:
+            if not out:
+                continue
+            if out in produced or (n.domain == fmt.DOMAIN and out in initializers):
+                raise FormatError(f"value {out!r} is produced twice (node {n.name!r} and "
+                                  f"{produced.get(out, 'an initializer')!r}): a graph has one producer per value")
+            produced[out] = n.name
 
 
 def _group_streams(nodes: list[w.Node], sole_reader) -> list[DecodedTensor]:
@@ -308,11 +392,14 @@ def _reject_custom_nodes_in_subgraphs(nodes) -> None:
                     _reject_custom_nodes_in_subgraphs([inner])
 
 
-def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: Any = None, **kwargs: Any):
+def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: Any = None, *,
+                     max_decoded_bytes: int | None = None, verify: bool = True, decode_workers: int | None = None,
+                     **kwargs: Any):
     """An ``onnxruntime.InferenceSession`` over the decoded model: decode once, no per-Run cost.
 
     Takes what onnxruntime.InferenceSession takes (a path, bytes, or an onnx.ModelProto), plus the
     same keyword arguments. Outputs are identical to those of the decompressed model.
+    ``max_decoded_bytes``, ``verify`` and ``decode_workers`` are those of :func:`decode_model`.
 
     The decoded weights are written, by the decoding workers themselves, into a temporary
     external-data file that onnxruntime then memory-maps while it loads the model from a path, as
@@ -332,7 +419,8 @@ def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: An
     is_path = not isinstance(path_or_model, (bytes, bytearray, memoryview)) and not hasattr(path_or_model, "SerializeToString")
     base_dir = str(Path(os.fspath(path_or_model)).resolve().parent) if is_path else None
     with tempfile.TemporaryDirectory(prefix="onnxcomp-", dir=os.environ.get("ONNXCOMP_TMPDIR"), ignore_cleanup_errors=True) as tmp:
-        decoded = _rewrite(data, weights_file=os.path.join(tmp, "decoded-weights.bin"))
+        decoded = _rewrite(data, weights_file=os.path.join(tmp, "decoded-weights.bin"),
+                           max_decoded_bytes=max_decoded_bytes, verify=verify, workers=decode_workers)
         del data
         # Tensors the original model keeps as external data live beside *it*, not in tmp: they go
         # to onnxruntime directly (memory-mapped here).

@@ -11,6 +11,7 @@ Field numbers are those of onnx.proto (ModelProto, GraphProto, NodeProto, Tensor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,6 +108,28 @@ def _text(value: memoryview) -> str:
     return bytes(value).decode("utf-8", errors="replace")
 
 
+WIRE_NAMES = {VARINT: "varint", FIXED64: "fixed64", LEN: "length-delimited", FIXED32: "fixed32"}
+
+
+def _expect(f: Field, wire_type: int, what: str) -> None:
+    """A known field must have its schema's wire type: anything else is a corrupt file (and would
+    otherwise surface as a TypeError deep in the decoder)."""
+    if f.wire_type != wire_type:
+        raise ModelLoadError(f"corrupt ONNX protobuf: {what} (field {f.number}) has wire type "
+                             f"{WIRE_NAMES.get(f.wire_type, f.wire_type)}, expected {WIRE_NAMES[wire_type]}")
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+# Subgraphs (If/Loop/Scan bodies) nest; a hostile file can nest them thousands deep for a few
+# bytes each. Real models nest a handful of levels.
+MAX_GRAPH_DEPTH = 64
+# Attribute types of onnx.proto's AttributeProto.AttributeType that carry one integer.
+ATTR_TYPE_FIELD, ATTR_TYPE_INT = 20, 2
+
+
 @dataclass
 class Node:
     name: str
@@ -116,11 +139,20 @@ class Node:
     outputs: list[str]
     int_attrs: dict[str, int] = field(default_factory=dict)
     subgraphs: list[memoryview] = field(default_factory=list)
+    other_attrs: set[str] = field(default_factory=set)  # attributes present but not integers
 
 
 def parse_node(payload: memoryview) -> Node:
+    """The parts of a NodeProto the decoder reads. Attributes are checked as ONNX requires: each
+    name once, and an integer attribute (``i`` set) typed INT, so a file cannot carry a second
+    ``crc32`` or a ``format_version`` given as a float and still be read as valid."""
     node = Node("", "", "", [], [])
+    names = {NODE_INPUT: "node input", NODE_OUTPUT: "node output", NODE_NAME: "node name",
+             NODE_OP_TYPE: "node op_type", NODE_DOMAIN: "node domain", NODE_ATTRIBUTE: "node attribute"}
+    attr_names: set[str] = set()
     for f in parse_fields(payload):
+        if f.number in names:
+            _expect(f, LEN, names[f.number])
         if f.number == NODE_INPUT:
             node.inputs.append(_text(f.value))
         elif f.number == NODE_OUTPUT:
@@ -132,23 +164,37 @@ def parse_node(payload: memoryview) -> Node:
         elif f.number == NODE_DOMAIN:
             node.domain = _text(f.value)
         elif f.number == NODE_ATTRIBUTE:
-            name, ival = "", None
+            name, ival, atype = "", None, None
             for a in parse_fields(f.value):
                 if a.number == ATTR_NAME:
+                    _expect(a, LEN, "attribute name")
                     name = _text(a.value)
                 elif a.number == ATTR_I:
-                    ival = a.value - (1 << 64) if a.value >= 1 << 63 else a.value
+                    _expect(a, VARINT, "attribute i")
+                    ival = _signed64(a.value)
+                elif a.number == ATTR_TYPE_FIELD:
+                    _expect(a, VARINT, "attribute type")
+                    atype = a.value
                 elif a.number in (ATTR_G, ATTR_GRAPHS):
+                    _expect(a, LEN, "attribute graph")
                     node.subgraphs.append(a.value)
+            if name in attr_names:
+                raise ModelLoadError(f"node {node.name!r}: attribute {name!r} appears twice")
+            attr_names.add(name)
+            if ival is not None and atype not in (None, ATTR_TYPE_INT):
+                raise ModelLoadError(f"node {node.name!r}: attribute {name!r} holds an integer but is typed {atype}")
             if ival is not None:
                 node.int_attrs[name] = ival
+            else:
+                node.other_attrs.add(name)
     return node
 
 
 def string_field(payload: memoryview, number: int) -> str:
     """The first string field ``number`` of a message ("" if absent)."""
     for f in parse_fields(payload):
-        if f.number == number and f.wire_type == LEN:
+        if f.number == number:
+            _expect(f, LEN, "string")
             return _text(f.value)
     return ""
 
@@ -157,77 +203,126 @@ def tensor_name(payload: memoryview) -> str:
     return string_field(payload, TENSOR_NAME)
 
 
-def parse_tensor(payload: memoryview, where: str) -> np.ndarray:
-    """Read a TensorProto of a dtype in ONNX_TO_NUMPY, from raw_data or the typed fields."""
-    dims, data_type, raw, ints = [], None, None, []
-    for f in parse_fields(payload):
+# Typed (non-raw) integer fields are for a few values (a scalar offset, a shape); tensors of data
+# use raw_data. Reading more through Python ints would cost ~30x the bytes.
+MAX_TYPED_VALUES = 4096
+MAX_TENSOR_RANK = 64
+
+
+def _dims_and_type(fields: list[Field], where: str) -> tuple[list[int], int | None]:
+    dims, data_type = [], None
+    for f in fields:
         if f.number == TENSOR_DIMS:
             if f.wire_type == LEN:  # packed
-                sub = f.value
                 pos = 0
-                while pos < len(sub):
-                    d, pos = _read_varint(sub, pos)
-                    dims.append(d)
+                while pos < len(f.value):
+                    d, pos = _read_varint(f.value, pos)
+                    dims.append(_signed64(d))
             else:
-                dims.append(f.value)
+                _expect(f, VARINT, f"{where}: dims")
+                dims.append(_signed64(f.value))
+            if len(dims) > MAX_TENSOR_RANK:
+                raise ModelLoadError(f"{where}: more than {MAX_TENSOR_RANK} dims")
         elif f.number == TENSOR_DATA_TYPE:
+            _expect(f, VARINT, f"{where}: data_type")
             data_type = f.value
-        elif f.number == TENSOR_RAW_DATA:
+    if any(d < 0 for d in dims):
+        raise ModelLoadError(f"{where}: negative dims {dims}")
+    return dims, data_type
+
+
+def parse_tensor(payload: memoryview, where: str) -> np.ndarray:
+    """Read a TensorProto of a dtype in ONNX_TO_NUMPY, from raw_data or the typed fields. The
+    declared dims are checked against the bytes that are there before anything is allocated."""
+    fields = parse_fields(payload)
+    dims, data_type = _dims_and_type(fields, where)
+    raw, ints = None, []
+    for f in fields:
+        if f.number == TENSOR_RAW_DATA:
+            _expect(f, LEN, f"{where}: raw_data")
             raw = f.value
         elif f.number in (TENSOR_INT32_DATA, TENSOR_INT64_DATA):
-            vals = []
             if f.wire_type == LEN:
                 pos = 0
                 while pos < len(f.value):
                     v, pos = _read_varint(f.value, pos)
-                    vals.append(v)
+                    ints.append(_signed64(v))
+                    if len(ints) > MAX_TYPED_VALUES:
+                        break
             else:
-                vals.append(f.value)
-            ints.extend(v - (1 << 64) if v >= 1 << 63 else v for v in vals)
+                _expect(f, VARINT, f"{where}: int data")
+                ints.append(_signed64(f.value))
+            if len(ints) > MAX_TYPED_VALUES:
+                raise ModelLoadError(f"{where}: more than {MAX_TYPED_VALUES} values in typed fields (use raw_data)")
         elif f.number == TENSOR_DATA_LOCATION and f.value == 1:
             raise ModelLoadError(f"{where}: stored as external data, which the ai.onnxcomp domain does not use")
-    dims = [d - (1 << 64) if d >= 1 << 63 else d for d in dims]
-    if data_type not in ONNX_TO_NUMPY or any(d < 0 for d in dims):
-        raise ModelLoadError(f"{where}: unsupported tensor type {data_type} or dims {dims}")
+    if data_type not in ONNX_TO_NUMPY:
+        raise ModelLoadError(f"{where}: unsupported tensor type {data_type}")
     dtype = np.dtype(ONNX_TO_NUMPY[data_type])
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    count = math.prod(dims)  # Python ints: no overflow, however hostile the dims
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
             raise ModelLoadError(f"{where}: raw_data holds {len(raw)} bytes, dims {dims} need {count * dtype.itemsize}")
         return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(dims)
     if len(ints) != count:
         raise ModelLoadError(f"{where}: holds {len(ints)} values, dims {dims} need {count}")
+    if dtype.kind not in "iu":
+        raise ModelLoadError(f"{where}: {dtype} values must be stored in raw_data")
+    info = np.iinfo(dtype)
+    if ints and not (info.min <= min(ints) and max(ints) <= info.max):
+        raise ModelLoadError(f"{where}: values outside the range of {dtype}")
     return np.array(ints, dtype=np.int64).astype(dtype).reshape(dims)
 
 
 def external_tensor(payload: memoryview, base_dir: str | None) -> tuple[str, np.ndarray] | None:
     """(name, memory-mapped array) of a TensorProto stored as external data, else None."""
     fields = parse_fields(payload)
-    if not any(f.number == TENSOR_DATA_LOCATION and f.value == 1 for f in fields):
+    if not any(f.number == TENSOR_DATA_LOCATION and f.wire_type == VARINT and f.value == 1 for f in fields):
         return None
-    name = next((_text(f.value) for f in fields if f.number == TENSOR_NAME), "")
-    dims = [f.value for f in fields if f.number == TENSOR_DIMS and f.wire_type == VARINT]
-    data_type = next((f.value for f in fields if f.number == TENSOR_DATA_TYPE), None)
+    name = ""
+    for f in fields:
+        if f.number == TENSOR_NAME:
+            _expect(f, LEN, "tensor name")
+            name = _text(f.value)
+    where = f"tensor {name!r}"
+    dims, data_type = _dims_and_type(fields, where)
     entries = {}
     for f in fields:
         if f.number == TENSOR_EXTERNAL_DATA:
-            kv = {g.number: _text(g.value) for g in parse_fields(f.value)}
+            _expect(f, LEN, f"{where}: external_data")
+            kv = {}
+            for g in parse_fields(f.value):
+                _expect(g, LEN, f"{where}: external_data entry")
+                kv[g.number] = _text(g.value)
             entries[kv.get(1, "")] = kv.get(2, "")
     if entries.get("location") == DECODED_WEIGHTS_FILE:
         return None  # ours: onnxruntime reads it from the temporary folder
     if base_dir is None:
-        raise ModelLoadError(f"tensor {name!r} is stored as external data; load the model from its path, not from bytes")
+        raise ModelLoadError(f"{where} is stored as external data; load the model from its path, not from bytes")
     if data_type not in ONNX_TO_NUMPY:
-        raise ModelLoadError(f"tensor {name!r}: external data of type {data_type} is not supported by the decoder")
+        raise ModelLoadError(f"{where}: external data of type {data_type} is not supported by the decoder")
     import os
 
     dtype = np.dtype(ONNX_TO_NUMPY[data_type]).newbyteorder("<")
-    path = os.path.join(base_dir, entries.get("location", ""))
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    location = entries.get("location", "")
+    path = os.path.join(base_dir, location)
+    count = math.prod(dims)
     try:
-        array = np.memmap(path, dtype=dtype, mode="r", offset=int(entries.get("offset", 0) or 0), shape=(count,))
+        offset = int(entries.get("offset", 0) or 0)
+        length = int(entries["length"]) if entries.get("length") else count * dtype.itemsize
+    except ValueError:
+        raise ModelLoadError(f"{where}: external data offset/length are not integers: {entries}") from None
+    if offset < 0 or length != count * dtype.itemsize:
+        raise ModelLoadError(f"{where}: external data at offset {offset}, length {length}: dims {dims} need "
+                             f"{count * dtype.itemsize} bytes")
+    try:
+        size = os.path.getsize(path)
+        if offset + length > size:
+            raise ModelLoadError(f"{where}: external data {location!r} holds {size} bytes, the tensor needs "
+                                 f"{offset + length}")
+        array = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,)) if count else np.empty(0, dtype)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"tensor {name!r}: cannot read external data {path!r} ({exc})") from None
+        raise ModelLoadError(f"{where}: cannot read external data {path!r} ({exc})") from None
     return name, array.reshape(dims)
 
 
@@ -261,13 +356,16 @@ def tensor_proto(name: str, array: np.ndarray) -> bytes:
     return bytes(out)
 
 
-def graph_input_names(payload: memoryview) -> set[str]:
+def graph_input_names(payload: memoryview, depth: int = 1) -> set[str]:
     """Every name any node reads in this graph and its subgraphs (outer-scope references too)."""
+    if depth > MAX_GRAPH_DEPTH:
+        raise ModelLoadError(f"subgraphs nested more than {MAX_GRAPH_DEPTH} deep")
     names: set[str] = set()
     for f in parse_fields(payload):
         if f.number == GRAPH_NODE:
+            _expect(f, LEN, "graph node")
             node = parse_node(f.value)
             names.update(node.inputs)
             for sub in node.subgraphs:
-                names.update(graph_input_names(sub))
+                names.update(graph_input_names(sub, depth + 1))
     return names

@@ -1,14 +1,16 @@
-"""Run decode jobs on every core: constriction holds the GIL, so cores mean processes.
+"""Run decode jobs, in this process or, when the caller opts in, on several cores.
 
 A job decodes one ANS stream into a destination array, optionally scaling it to float32 on the
-way (the folded ``Cast -> Mul`` of the decode subgraph). With more than one core and enough
-symbols, destinations live in one anonymous shared mapping and worker processes are forked
-(cheap on Linux: nothing is re-imported or pickled); each writes its streams in place and exits
-with a status, errors travel back through a pipe and are raised in the caller. Elsewhere, or for
-small models, jobs run in this process. Large tensors are split into several streams by ``pack``
-(row blocks joined by Concat) precisely so that one big weight still spreads over the cores.
-
-Set ONNXCOMP_DECODE_WORKERS=1 to turn the processes off.
+way (the folded ``Cast -> Mul`` of the decode subgraph). constriction holds the GIL (measured:
+two threads decoding take the CPU time of one), so more cores mean processes, and the only cheap
+way to start them is ``fork``, which is unsafe in a host that runs threads of its own (onnxruntime
+itself has thread pools; a forked child inherits their locks). So decoding runs in the caller's
+thread unless it opts in: ``workers=N`` (``decode_model``/``decode_workers=`` of
+``InferenceSession``) or ``ONNXCOMP_DECODE_WORKERS=N``. Then, with enough symbols, destinations
+live in one shared mapping and N-1 worker processes are forked; each writes its streams in
+place and exits with a status, errors travel back through a pipe and are raised in the caller.
+Large tensors are split into several streams by ``pack`` (row blocks joined by Concat) so that
+one big weight still spreads over the workers.
 """
 
 from __future__ import annotations
@@ -56,14 +58,23 @@ class Job:
             r += rows
 
 
-def workers_available() -> int:
-    env = os.environ.get("ONNXCOMP_DECODE_WORKERS")
-    if env:
-        return max(1, int(env))
+WORKERS_ENV = "ONNXCOMP_DECODE_WORKERS"
+
+
+def workers_available(requested: int | None = None) -> int:
+    """Decode processes to use: ``requested``, else ONNXCOMP_DECODE_WORKERS, else 1 (no fork);
+    never more than the cores this process may run on."""
+    if requested is None:
+        env = os.environ.get(WORKERS_ENV, "").strip()
+        try:
+            requested = int(env) if env else 1
+        except ValueError:
+            raise OnnxcompError(f"{WORKERS_ENV}={env!r} is not a number of workers") from None
     try:
-        return max(1, min(8, len(os.sched_getaffinity(0))))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return max(1, min(8, os.cpu_count() or 1))
+        cores = os.cpu_count() or 1
+    return max(1, min(int(requested), cores, 8))
 
 
 class Arena:
@@ -136,11 +147,11 @@ def run_jobs(jobs: list[Job], workers: int) -> None:
             os._exit(status)
         os.close(write_fd)
         children.append((pid, read_fd))
-    first_error: Exception | None = None
+    first_error: BaseException | None = None
     try:
         for job in groups[0]:
             job.run()
-    except OnnxcompError as exc:
+    except BaseException as exc:  # noqa: BLE001 - the children are reaped before anything propagates
         first_error = exc
     for pid, read_fd in children:
         with os.fdopen(read_fd, "rb") as pipe:

@@ -8,7 +8,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp.model_io import to_proto
+from onnxcomp.model_io import serialize, to_proto
 from onnxcomp.pass_base import CompileContext
 from onnxcomp.pipeline import parse_pipeline
 
@@ -70,6 +70,12 @@ def compile_proto(proto: onnx.ModelProto, pipeline: str = CODED, context: Compil
     model = ir.serde.deserialize_model(proto)
     parse_pipeline(pipeline).run(model, context or CompileContext(progress=False))
     return to_proto(model)
+
+
+def compile_bytes(proto: onnx.ModelProto, pipeline: str = CODED) -> bytes:
+    """The file bytes onnxcomp writes for ``proto`` compiled by ``pipeline`` (sealed, FORMAT.md
+    section 8): what the runtime's decoders take."""
+    return serialize(compile_proto(proto, pipeline))
 
 
 def run(model_bytes_or_session, feeds, sess_options=None):

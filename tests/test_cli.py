@@ -12,6 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from onnxcomp.model_io import serialize
+
 from .conftest import CODED, make_model, tiny_cnn, tiny_mlp
 
 
@@ -54,7 +56,7 @@ def test_inspect_decompress_and_passes(mlp_file, tmp_path):
     assert onnxcomp("compress", mlp_file, "-o", out, "-p", CODED, "--quiet").returncode == 0
     r = onnxcomp("inspect", out, "--json")
     info = json.loads(r.stdout)
-    assert info["opsets"]["ai.onnxcomp"] == 1 and info["coded_tensors"]
+    assert info["opsets"]["ai.onnxcomp"] == 3 and info["coded_tensors"]
     r = onnxcomp("decompress", out, "-o", tmp_path / "plain.onnx")
     assert r.returncode == 0, r.stderr
     assert "ai.onnxcomp" not in {o.domain for o in onnx.load(tmp_path / "plain.onnx").opset_import}
@@ -108,6 +110,11 @@ def test_tampered_compressed_file_fails_cleanly(tmp_path):
     f[0] += 5
     table.CopyFrom(onnx.numpy_helper.from_array(f, table.name))
     onnx.save(model, tmp_path / "t.onnx")
+    r = onnxcomp("decompress", tmp_path / "t.onnx", "-o", tmp_path / "d.onnx")
+    assert r.returncode == 6 and "integrity check failed" in r.stderr  # the seal catches it first
+    assert not (tmp_path / "d.onnx").exists()
+    # A writer that re-seals its edit gets past the seal, not past the table check.
+    (tmp_path / "t.onnx").write_bytes(serialize(model))
     r = onnxcomp("decompress", tmp_path / "t.onnx", "-o", tmp_path / "d.onnx")
     assert r.returncode == 6 and "sums to" in r.stderr and "fc.W" in r.stderr
     assert not (tmp_path / "d.onnx").exists()

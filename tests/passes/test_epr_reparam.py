@@ -11,7 +11,7 @@ import pytest
 
 import onnxcomp.runtime as rt
 from onnxcomp.errors import NothingToCompressError, PassError, PipelineError
-from onnxcomp.model_io import to_proto
+from onnxcomp.model_io import serialize, to_proto
 from onnxcomp.pass_base import CompileContext
 from onnxcomp.passes.epr.epr_reparam import inverse_dct_2d
 from onnxcomp.passes.epr.form import LATENT_FACTOR, EprSpec, finalize_epr, rounded_latents
@@ -107,7 +107,7 @@ def test_packed_outputs_equal_the_graph_at_rounded_latents(builder, options, mlp
     assert [i.name for i in packed.graph.input] == list(inputs)
     assert [o.name for o in packed.graph.output] == [to_proto(reparam(builder())).graph.output[0].name]
     assert not [n for n in packed.graph.node if n.op_type in ("Exp", "Sigmoid", "Slice", "Clip")]
-    (decoded,) = rt.InferenceSession(packed.SerializeToString(), ort.SessionOptions()).run(None, inputs)
+    (decoded,) = rt.InferenceSession(serialize(packed), ort.SessionOptions()).run(None, inputs)
     np.testing.assert_array_equal(decoded, graph_outputs[0])
     # The custom op decodes at run time, so its weights are not constants ORT can pre-pack for
     # Conv: compare with graph optimizations off on both sides, as tests/runtime does.
@@ -180,7 +180,7 @@ def test_shared_and_transposed_weights_are_reparameterized_once():
                         for t in EprSpec.from_model(model).tensors})  # the graph at rounded latents
     before = run(to_proto(model), feeds(model, x), ort.SessionOptions())[0]
     parse_pipeline("epr-finalize,pack").run(model, CompileContext(progress=False))
-    np.testing.assert_array_equal(rt.InferenceSession(to_proto(model).SerializeToString(), ort.SessionOptions()).run(None, x)[0],
+    np.testing.assert_array_equal(rt.InferenceSession(serialize(model), ort.SessionOptions()).run(None, x)[0],
                                   before)
 
 

@@ -21,6 +21,10 @@ def reference_decode(bitstream: bytes, frequencies: list[int], offset: int, shap
     if len(frequencies) < 2 or min(frequencies) < 1 or sum(frequencies) != 1 << PRECISION:
         raise ValueError("bad frequency table")
     words = list(struct.unpack(f"<{len(bitstream) // 4}I", bitstream))
+    if words and words[-1] == 0:
+        raise ValueError("stream ends in a zero word")
+    if crc32 is not None and not 0 <= crc32 < 1 << 32:
+        raise ValueError("crc32 is not a 32-bit value")
     cdf = [0]
     for f in frequencies:
         cdf.append(cdf[-1] + f)

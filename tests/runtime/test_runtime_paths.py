@@ -22,14 +22,16 @@ import onnxcomp.runtime as rt
 from onnxcomp.decompress import decompress
 from onnxcomp.errors import FormatError, ModelLoadError
 
-from ..conftest import compile_proto, run, tiny_cnn, tiny_mlp
+from onnxcomp.model_io import serialize
+
+from ..conftest import compile_bytes, compile_proto, run, tiny_cnn, tiny_mlp
 
 
 @pytest.fixture(params=["mlp", "cnn"])
 def case(request, mlp_input, cnn_input):
     proto = tiny_mlp() if request.param == "mlp" else tiny_cnn()
     feeds = mlp_input if request.param == "mlp" else cnn_input
-    return compile_proto(proto).SerializeToString(), feeds
+    return compile_bytes(proto), feeds
 
 
 def no_opt():
@@ -89,7 +91,7 @@ def test_tampered_file_fails_with_the_node_named(case, tmp_path):
     raw[len(raw) // 2] ^= 0x10
     bitstream.raw_data = bytes(raw)
     with pytest.raises(FormatError, match=bitstream.name.replace(".bitstream", "").split(".")[0]):
-        rt.InferenceSession(model.SerializeToString())
+        rt.InferenceSession(serialize(model))
 
 
 def test_not_onnx_and_truncated_bytes(case, tmp_path):
@@ -132,7 +134,7 @@ def test_runtime_needs_neither_onnx_nor_the_compiler(case, tmp_path):
 @pytest.fixture
 def multi_stream(mlp_input):
     """W1 (64x48) coded as several row-block streams joined by Concat."""
-    return compile_proto(tiny_mlp(), "normalize,quantize{grid=rms bits=4},pack{stream_symbols=1024}").SerializeToString(), mlp_input
+    return compile_bytes(tiny_mlp(), "normalize,quantize{grid=rms bits=4},pack{stream_symbols=1024}"), mlp_input
 
 
 def test_large_tensors_are_split_into_streams_and_decode_the_same(multi_stream, monkeypatch):
@@ -165,4 +167,4 @@ def test_an_error_in_a_decode_worker_reaches_the_caller(multi_stream, monkeypatc
     monkeypatch.setenv("ONNXCOMP_DECODE_WORKERS", "2")
     monkeypatch.setattr(load, "PARALLEL_MIN_SYMBOLS", 0)
     with pytest.raises(FormatError, match="CRC|corrupt|left"):
-        rt.InferenceSession(model.SerializeToString())
+        rt.InferenceSession(serialize(model))
