@@ -10,14 +10,17 @@ rounded in both), so the folded model's outputs equal the compressed model's.
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
 from onnxcomp.graph.edit import remove_unused_initializers
-from onnxcomp.model_io import save_model
+from onnxcomp.errors import ModelError, ModelLoadError
+from onnxcomp.model_io import EXTERNAL_DATA_THRESHOLD, save_model, serialize, tensor_bytes, write_bytes_atomic
 from onnxcomp.runtime.load import decode_model
 
 FOLDABLE = {"Cast", "Mul", "Add", "Gather", "Reshape", "Transpose"}
@@ -43,6 +46,20 @@ def _fold_node(node: ir.Node, args: list[np.ndarray]) -> np.ndarray | None:
     return None
 
 
+def _folded_size(node: ir.Node, args: list[np.ndarray]) -> int:
+    """Elements the fold of ``node`` would produce, from shapes alone (before computing it)."""
+    try:
+        if node.op_type in ("Mul", "Add"):
+            return math.prod(np.broadcast_shapes(*(a.shape for a in args)))
+        if node.op_type == "Gather":
+            data, idx = args
+            axis = node.attributes.get_int("axis", 0)
+            return idx.size * (data.size // max(1, data.shape[axis]))
+    except (ValueError, IndexError, TypeError):
+        return 0  # _fold_node reports it, naming the node
+    return args[0].size
+
+
 def _widens_a_float(node: ir.Node) -> bool:
     """A Cast from a float type to a wider one (a bfloat16/float16 weight read as float32): the
     model's own way of storing weights small, never a decode subgraph's (those cast integers, or
@@ -65,7 +82,14 @@ def fold_constant_decoders(model: ir.Model) -> int:
             continue
         if _widens_a_float(node):
             continue
-        result = _fold_node(node, [i.const_value.numpy() for i in node.inputs])
+        args = [i.const_value.numpy() for i in node.inputs]
+        if _folded_size(node, args) > max(a.size for a in args):
+            continue  # an op that expands (a broadcast, a large Gather) is no decode subgraph onnxcomp writes
+        try:
+            result = _fold_node(node, args)
+        except (ValueError, IndexError, TypeError, KeyError, AttributeError) as exc:
+            raise ModelError(f"node {node.name!r} ({node.op_type}) of the decode graph does not compute: "
+                             f"{type(exc).__name__}: {exc}") from None
         if result is None:
             continue
         out = node.outputs[0]
@@ -83,12 +107,33 @@ def fold_constant_decoders(model: ir.Model) -> int:
     return folded
 
 
-def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike, fold: bool = True) -> int:
+def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike, fold: bool = True, verify: bool = True) -> int:
     """Write the standard-ONNX form of a compressed model; returns the output size in bytes."""
-    decoded = decode_model(input_path)
-    proto = onnx.load_from_string(decoded)
-    onnx.load_external_data_for_model(proto, os.path.dirname(os.path.abspath(input_path)))
-    model = ir.serde.deserialize_model(proto)
-    if fold:
-        fold_constant_decoders(model)
-    return save_model(model, output_path)
+    decoded = decode_model(input_path, verify=verify)
+    # The decoder checked what it reads; the rest of the graph is read only now, by onnx and
+    # onnx-ir, and folded here: a file whose decode subgraph does not compute (a shape that does
+    # not fit, an index out of range) fails with the node named, never with a raw exception.
+    try:
+        proto = onnx.load_from_string(decoded)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ModelLoadError(f"{input_path}: not a valid ONNX file ({type(exc).__name__}: {exc})") from None
+    stage = "read"
+    try:
+        onnx.load_external_data_for_model(proto, os.path.dirname(os.path.abspath(input_path)))
+        model = ir.serde.deserialize_model(proto)
+        if fold:
+            stage = "fold"
+            fold_constant_decoders(model)
+        stage = "written"
+        if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+            return save_model(model, output_path)  # external data beside the output
+        data = serialize(model)
+    except (ModelError, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnx-ir's errors on graphs it cannot represent
+        raise ModelLoadError(f"{input_path}: the decoded model cannot be {'folded' if stage == 'fold' else stage} "
+                             f"({type(exc).__name__}: {exc})") from None
+    dest = Path(output_path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(dest, data)
+    return len(data)

@@ -123,12 +123,21 @@ class StagedModel:
             self.discard()
 
 
+def umask_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (0o666 less the umask): mkstemp's 0o600
+    would otherwise make every output private whatever the user's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_bytes_atomic(dest: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            os.fchmod(fh.fileno(), umask_mode())
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except BaseException:

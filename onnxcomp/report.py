@@ -16,6 +16,7 @@ import onnx_ir as ir
 from onnxcomp.coding import entropy_bits
 from onnxcomp.runtime import format as fmt
 from onnxcomp.runtime.ops import decode_node
+from onnxcomp.inspection import format_table  # plain-text tables, import-light
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
 
@@ -121,15 +122,6 @@ def tensor_rows(original: dict[str, tuple[int, ...]], model: ir.Model, notes: di
             row["ideal_bytes"] = latent_notes["ideal_bits"] / 8.0
         rows.append(row)
     return rows
-
-
-def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))
-    out = [line, "-" * len(line)]
-    for r in rows:
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-    return "\n".join(out)
 
 
 def summary_table(report: dict[str, Any]) -> str:

@@ -339,7 +339,8 @@ def _group_streams(nodes: list[w.Node], sole_reader) -> list[DecodedTensor]:
     grouped: set[int] = set()
     tensors = []
     for n in nodes:
-        if n.op_type != "Concat" or n.domain not in ("", "ai.onnx") or n.int_attrs.get("axis", None) != 0:
+        if n.op_type != "Concat" or n.domain not in ("", "ai.onnx") or n.int_attrs.get("axis", None) != 0 \
+                or len(n.outputs) != 1:
             continue
         parts = [producer.get(i) for i in n.inputs]
         if len(parts) < 2 or any(p is None or sole_reader(p.outputs[0]) is not n for p in parts):
@@ -366,7 +367,8 @@ def _scale_chain(name, sole_reader, initializers):
     if cast.int_attrs.get("to", -1) != FLOAT32 or len(cast.outputs) != 1:
         return None
     mul = sole_reader(cast.outputs[0])
-    if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") or len(mul.inputs) != 2:
+    if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") or len(mul.inputs) != 2 \
+            or len(mul.outputs) != 1:
         return None
     step_first = mul.inputs[1] == cast.outputs[0]
     other = mul.inputs[0] if step_first else mul.inputs[1]

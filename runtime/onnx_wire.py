@@ -369,3 +369,102 @@ def graph_input_names(payload: memoryview, depth: int = 1) -> set[str]:
             for sub in node.subgraphs:
                 names.update(graph_input_names(sub, depth + 1))
     return names
+
+
+# ---- read-only summaries (``onnxcomp inspect`` without the onnx package) ------------------------
+# TensorProto.DataType -> (name as onnx-ir spells it, bits per element).
+DATA_TYPES = {
+    1: ("float", 32), 2: ("uint8", 8), 3: ("int8", 8), 4: ("uint16", 16), 5: ("int16", 16), 6: ("int32", 32),
+    7: ("int64", 64), 8: ("string", 0), 9: ("bool", 8), 10: ("float16", 16), 11: ("double", 64), 12: ("uint32", 32),
+    13: ("uint64", 64), 14: ("complex64", 64), 15: ("complex128", 128), 16: ("bfloat16", 16),
+    17: ("float8e4m3fn", 8), 18: ("float8e4m3fnuz", 8), 19: ("float8e5m2", 8), 20: ("float8e5m2fnuz", 8),
+    21: ("uint4", 4), 22: ("int4", 4),
+}
+ATTR_T, ATTR_TENSORS = 5, 10
+GRAPH_INPUT = 11
+TYPE_TENSOR, TENSOR_TYPE_ELEM, TENSOR_TYPE_SHAPE, SHAPE_DIM, DIM_VALUE, DIM_PARAM = 1, 1, 2, 1, 1, 2
+VALUE_INFO_TYPE = 2
+
+
+@dataclass
+class TensorSummary:
+    name: str
+    dtype: str
+    shape: list[int]
+    nbytes: int  # as stored: elements x element size (4-bit types packed two per byte)
+
+
+def tensor_summary(payload: memoryview, where: str) -> TensorSummary:
+    """Name, type, shape and size of a TensorProto, read without its data."""
+    fields = parse_fields(payload)
+    dims, data_type = _dims_and_type(fields, where)
+    name = ""
+    for f in fields:
+        if f.number == TENSOR_NAME:
+            _expect(f, LEN, f"{where}: name")
+            name = _text(f.value)
+    dtype, bits = DATA_TYPES.get(data_type, (f"type{data_type}", 0))
+    count = math.prod(dims)
+    nbytes = -(-count * bits // 8)
+    if bits == 0:  # strings: the bytes they hold
+        nbytes = sum(len(f.value) for f in fields if f.number == 6 and f.wire_type == LEN)
+    return TensorSummary(name, dtype, dims, nbytes)
+
+
+def value_info_summary(payload: memoryview) -> tuple[str, str | None, list[int | str]]:
+    """(name, element type, dims) of a ValueInfoProto: fixed dims as ints, symbolic ones by name."""
+    name, dtype, dims = "", None, []
+    for f in parse_fields(payload):
+        if f.number == VALUE_INFO_NAME:
+            _expect(f, LEN, "value_info name")
+            name = _text(f.value)
+        elif f.number == VALUE_INFO_TYPE:
+            _expect(f, LEN, "value_info type")
+            for t in parse_fields(f.value):
+                if t.number != TYPE_TENSOR or t.wire_type != LEN:
+                    continue  # sequences, maps, optionals: no tensor type to show
+                for g in parse_fields(t.value):
+                    if g.number == TENSOR_TYPE_ELEM:
+                        _expect(g, VARINT, "tensor elem_type")
+                        dtype = DATA_TYPES.get(g.value, (f"type{g.value}", 0))[0]
+                    elif g.number == TENSOR_TYPE_SHAPE:
+                        _expect(g, LEN, "tensor shape")
+                        for d in parse_fields(g.value):
+                            if d.number != SHAPE_DIM:
+                                continue
+                            _expect(d, LEN, "shape dim")
+                            dim: int | str = "?"
+                            for v in parse_fields(d.value):
+                                if v.number == DIM_VALUE and v.wire_type == VARINT:
+                                    dim = _signed64(v.value)
+                                elif v.number == DIM_PARAM and v.wire_type == LEN:
+                                    dim = _text(v.value)
+                            dims.append(dim)
+    return name, dtype, dims
+
+
+def walk_graph(payload: memoryview, depth: int = 1):
+    """Yield ("node", Node) and ("tensor", TensorSummary) for a graph and all its subgraphs:
+    every node, every initializer, every Constant node's value."""
+    if depth > MAX_GRAPH_DEPTH:
+        raise ModelLoadError(f"subgraphs nested more than {MAX_GRAPH_DEPTH} deep")
+    for f in parse_fields(payload):
+        if f.number == GRAPH_INITIALIZER:
+            _expect(f, LEN, "graph initializer")
+            yield "tensor", tensor_summary(f.value, "initializer")
+        elif f.number == GRAPH_NODE:
+            _expect(f, LEN, "graph node")
+            node = parse_node(f.value)
+            yield "node", node
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                for a in parse_fields(f.value):
+                    if a.number != NODE_ATTRIBUTE:
+                        continue
+                    for g in parse_fields(a.value):
+                        if g.number == ATTR_T:
+                            _expect(g, LEN, "attribute tensor")
+                            t = tensor_summary(g.value, f"Constant {node.name!r}")
+                            t.name = node.outputs[0] if node.outputs else t.name
+                            yield "tensor", t
+            for sub in node.subgraphs:
+                yield from walk_graph(sub, depth + 1)
