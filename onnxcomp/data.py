@@ -175,7 +175,9 @@ def _split_from(spec: str, prefix: str, arrays: Mapping[str, np.ndarray], input_
                 dtypes: Mapping[str, np.dtype]) -> Split:
     missing = [prefix + name for name in input_shapes if prefix + name not in arrays]
     if missing:
-        raise DataError(f"data spec {spec!r}: no array {missing} for model inputs {list(input_shapes)}")
+        raise DataError(f"data spec {spec!r}: no array {missing} for model inputs {list(input_shapes)}; "
+                        f"the file has {sorted(arrays)} (keys: <input name>, or train/<input name> and "
+                        f"val/<input name> for training, plus optional labels)")
     inputs = {name: arrays[prefix + name] for name in input_shapes}
     return _make_split(spec, prefix.rstrip("/") or "arrays", inputs, arrays.get(prefix + LABELS), input_shapes, dtypes)
 

@@ -107,9 +107,10 @@ def fold_constant_decoders(model: ir.Model) -> int:
     return folded
 
 
-def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike, fold: bool = True, verify: bool = True) -> int:
+def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike, fold: bool = True, verify: bool = True,
+               max_decoded_bytes: int | None = None) -> int:
     """Write the standard-ONNX form of a compressed model; returns the output size in bytes."""
-    decoded = decode_model(input_path, verify=verify)
+    decoded = decode_model(input_path, verify=verify, max_decoded_bytes=max_decoded_bytes)
     # The decoder checked what it reads; the rest of the graph is read only now, by onnx and
     # onnx-ir, and folded here: a file whose decode subgraph does not compute (a shape that does
     # not fit, an index out of range) fails with the node named, never with a raw exception.

@@ -39,6 +39,12 @@ class PipelineError(OnnxcompError):
     exit_code = 2
 
 
+class UsageError(OnnxcompError):
+    """The command line asks for something that cannot be done (an output path that is a folder)."""
+
+    exit_code = 2
+
+
 class PassError(OnnxcompError):
     """A pass failed, or the model failed verification after a pass."""
 

@@ -21,6 +21,7 @@ from onnxcomp.errors import ModelError, ModelLoadError
 from onnxcomp.graph.schemas import register_schemas
 from onnxcomp.runtime import format as fmt
 from onnxcomp.runtime.integrity import SEAL_KEY, seal
+from onnxcomp.runtime.load import write_atomic as write_bytes_atomic  # noqa: F401 - shared
 
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # leave room for the graph itself under the 2 GB limit
@@ -121,28 +122,6 @@ class StagedModel:
     def __exit__(self, exc_type, *rest) -> None:
         if exc_type is not None:
             self.discard()
-
-
-def umask_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (0o666 less the umask): mkstemp's 0o600
-    would otherwise make every output private whatever the user's umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_bytes_atomic(dest: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), umask_mode())
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _save_with_external_data(model: ir.Model, dest: Path) -> int:

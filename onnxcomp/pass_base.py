@@ -117,6 +117,8 @@ def format_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, tuple):
         return ":".join(format_value(x) for x in v)
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))  # epochs=25, not 25.0 (the option still takes fractions)
     return str(v)
 
 

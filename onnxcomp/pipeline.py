@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from onnxcomp.errors import OnnxcompError, PassError, PipelineError
 from onnxcomp.model_io import verify
-from onnxcomp.pass_base import CompileContext, CompressionPass, make_pass
+from onnxcomp.pass_base import CompileContext, CompressionPass, make_pass, registered_passes
 
 PRESETS: dict[str, str] = {
     # Data-free: the coarsest steps whose output change on probe inputs stays within int8's weights';
@@ -32,7 +32,9 @@ PRESETS: dict[str, str] = {
     "lossless": "normalize{fold_batchnorm=false fix_versions=false},pack{floats=exact}",
 }
 
-_PASS_RE = re.compile(r"\s*([a-z][a-z0-9-]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
+# Names are matched loosely (any case, underscores) so that a wrong one is reported as an unknown
+# pass or preset, with the right spelling, rather than as unparsable text.
+_PASS_RE = re.compile(r"\s*([A-Za-z][A-Za-z0-9_-]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
 
 
 @dataclass(frozen=True)
@@ -76,13 +78,30 @@ def parse_pipeline(text: str) -> Pipeline:
         if not m or m.end() == pos:
             raise PipelineError(f"cannot parse pipeline {text!r} at character {pos}: {spec[pos:pos + 20]!r}")
         name, opts = m.group(1), m.group(2)
+        if name not in registered_passes():
+            raise PipelineError(_unknown_name(name))
         passes.append(make_pass(name, _parse_options(name, opts or "")))
         pos = m.end()
     return Pipeline(tuple(passes))
 
 
+def _unknown_name(name: str) -> str:
+    passes = registered_passes()
+    hint = ""
+    close = name.lower().replace("_", "-")
+    if close in PRESETS:
+        hint = f" (did you mean the preset {close!r}? names are lower case)"
+    elif close in passes:
+        hint = f" (did you mean the pass {close!r}? names are lower case)"
+    return f"unknown pass {name!r}{hint}; valid passes: {', '.join(passes)}; presets: {', '.join(PRESETS)}"
+
+
 def _parse_options(pass_name: str, text: str) -> dict[str, str]:
     out: dict[str, str] = {}
+    if re.search(r"=[^\s=]*,", text):
+        fixed = " ".join(item.strip() for item in text.split(",") if item.strip())
+        raise PipelineError(f"pass {pass_name!r}: options are separated by spaces, not commas: "
+                            f"write {pass_name}{{{fixed}}}")
     for item in text.split():
         key, sep, value = item.partition("=")
         if not sep or not key or not value:

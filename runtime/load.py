@@ -16,6 +16,7 @@ are held in the narrowest type their table's range allows (Cast reads any intege
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -409,8 +410,6 @@ def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: An
     over, so peak memory and load time stay close to the plain model's. The temporary files are
     removed once the session exists (set ONNXCOMP_TMPDIR to choose where they go).
     """
-    import tempfile
-
     import onnxruntime as ort
 
     data = read_model_bytes(path_or_model)
@@ -439,3 +438,26 @@ def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: An
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelLoadError(f"onnxruntime rejected the decoded model: {exc}") from None
 
+
+def umask_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (0o666 less the umask): mkstemp's 0o600
+    would otherwise make every output private whatever the user's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_atomic(dest: Path, data: bytes) -> None:
+    """Write ``data`` to ``dest`` atomically (a temporary file beside it, fsync'ed, then renamed),
+    with the mode a plain open() would give it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), umask_mode())
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

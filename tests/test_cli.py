@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -31,9 +32,11 @@ def mlp_file(tmp_path):
 
 def test_compress_writes_model_and_report(mlp_file, tmp_path):
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
-    r = onnxcomp("compress", mlp_file, "-o", out, "--report", report, "--quiet")
+    r = onnxcomp("compress", mlp_file, "-o", out, "--report", report)
     assert r.returncode == 0, r.stderr
-    assert "bits/param" in r.stdout and "W1" in r.stdout
+    assert "bits/param" in r.stdout and "W1" in r.stdout and "pipeline:" in r.stderr
+    quiet = onnxcomp("compress", mlp_file, "-o", tmp_path / "q.onnx", "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
     rep = json.loads(report.read_text())
     for key in ("original_bytes", "compressed_bytes", "payload_bytes", "params", "bits_per_param", "tensors"):
         assert key in rep
@@ -162,3 +165,38 @@ def test_a_run_that_fails_after_the_passes_leaves_no_output(mlp_file, tmp_path, 
     monkeypatch.undo()
     compile_module.compress(mlp_file, tmp_path / "out" / "o.onnx", progress=False)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["o.onnx"]
+
+
+def test_the_cli_never_surprises(mlp_file, tmp_path):
+    # -o naming a folder: refused before any work
+    r = onnxcomp("compress", mlp_file, "-o", tmp_path)
+    assert r.returncode == 2 and "is a directory" in r.stderr
+    # names in the wrong case, options separated by commas: the fix is in the message
+    r = onnxcomp("compress", mlp_file, "-o", tmp_path / "o.onnx", "-p", "EPR")
+    assert r.returncode == 2 and "did you mean the preset 'epr'" in r.stderr
+    r = onnxcomp("compress", mlp_file, "-o", tmp_path / "o.onnx", "-p", "normalize,quantize{bits=3, per_channel=false},pack")
+    assert r.returncode == 2 and "write quantize{bits=3 per_channel=false}" in r.stderr
+    # an npz without the model's input: the keys it has are listed
+    np.savez(tmp_path / "wrong.npz", foo=np.zeros((4, 64), np.float32))
+    r = onnxcomp("compress", mlp_file, "-o", tmp_path / "o.onnx", "--data", tmp_path / "wrong.npz")
+    assert r.returncode == 5 and "the file has ['foo']" in r.stderr
+    # a pipeline without pack says so
+    r = onnxcomp("compress", mlp_file, "-o", tmp_path / "o.onnx", "-p", "normalize,quantize")
+    assert r.returncode == 0 and "no 'pack' pass" in r.stderr
+    # every exit code is documented
+    r = onnxcomp("--help")
+    assert all(f"  {code:>3}  " in r.stdout for code in (0, 1, 2, 3, 4, 5, 6, 7, 70, 130))
+    # integer-valued options print as integers
+    assert "epochs=25 " in onnxcomp("passes").stdout
+
+
+def test_a_closed_pipe_and_the_umask(mlp_file, tmp_path):
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m onnxcomp passes | head -1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600)):
+        out = tmp_path / f"u{umask:o}.onnx"
+        r = subprocess.run(["bash", "-c", f"umask {umask:03o}; {sys.executable} -m onnxcomp compress {mlp_file} -o {out} "
+                           f"--report {out}.json --quiet"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert out.stat().st_mode & 0o777 == mode and Path(f"{out}.json").stat().st_mode & 0o777 == mode

@@ -21,7 +21,7 @@ def test_round_trip(text):
 
 def test_canonical_form_omits_defaults_and_normalizes_values():
     assert str(parse_pipeline(" normalize , quantize{grid=peak} ,pack")) == "normalize,quantize,pack"
-    assert str(parse_pipeline("quantize{bits=3 per_channel=0}")) == "quantize{bits=3.0 per_channel=false}"
+    assert str(parse_pipeline("quantize{bits=3 per_channel=0}")) == "quantize{bits=3 per_channel=false}"
 
 
 def test_presets_expand():

@@ -287,7 +287,7 @@ def ort_int8_change(model: ir.Model, inputs: Split, batch: int, reference: list[
             try:
                 quantize_dynamic(str(src), str(dst), weight_type=weight_type, per_channel=per_channel)
                 options = ort.SessionOptions()
-                options.log_severity_level = 3
+                options.log_severity_level = 4  # a failing candidate is expected and handled
                 session = ort.InferenceSession(str(dst), options, providers=["CPUExecutionProvider"])
                 names = [i.name for i in session.get_inputs()]
                 outputs = [session.run(None, {n: b.inputs[n] for n in names}) for b in batches(inputs, batch)]

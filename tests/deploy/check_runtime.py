@@ -8,6 +8,7 @@ environment) and decoded.sha256 (of decode_model's bytes there). Prints one JSON
 
 import hashlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,10 +30,19 @@ want = np.load(d / "want.npy")
 decoded = rt.decode_model(d / "model.onnx")
 same_bytes = hashlib.sha256(decoded).hexdigest() == (d / "decoded.sha256").read_text().strip()
 got = rt.InferenceSession(d / "model.onnx").run(None, {"input": x})[0]
-so = ort.SessionOptions()
-rt.register(so)
-custom = ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+custom = rt.CustomOpSession(d / "model.onnx").run(None, {"input": x})[0]
+# The CLI of this install: inspect and decompress work without onnx (exit 0; decompress keeps the
+# decode graphs, and its output gives decode at load's numbers).
+cli = str(Path(sys.executable).with_name("onnxcomp"))
+inspected = subprocess.run([cli, "inspect", str(d / "model.onnx"), "--json"], capture_output=True, text=True)
+plain = d / "plain.onnx"
+decompressed = subprocess.run([cli, "decompress", str(d / "model.onnx"), "-o", str(plain)], capture_output=True, text=True)
+from_plain = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0] \
+    if decompressed.returncode == 0 else None
 print(json.dumps({
+    "inspect_exit": inspected.returncode, "inspect_coded": len(json.loads(inspected.stdout)["coded_tensors"]) if inspected.returncode == 0 else None,
+    "decompress_exit": decompressed.returncode, "decompress_stderr": decompressed.stderr[-300:],
+    "decompressed_equal": bool(from_plain is not None and np.array_equal(from_plain, got)),
     "onnxruntime": ort.__version__, "has_onnx": has_onnx, "decoded_bytes_identical": same_bytes,
     "max_abs_diff_load": float(np.abs(got - want).max()), "max_abs_diff_custom": float(np.abs(custom - want).max()),
     "argmax_equal": bool(np.array_equal(got.argmax(1), want.argmax(1))),

@@ -147,7 +147,7 @@ def test_finetune_needs_a_reparameterized_model_and_train_data(mlp, digits, tmp_
 
 def test_options_parse_and_print_back():
     pipeline = parse_pipeline("normalize,epr-reparam{prior=logistic},finetune{lambda=0.5 epochs=3},pack")
-    assert str(pipeline) == "normalize,epr-reparam{prior=logistic},finetune{epochs=3.0 lambda=0.5},pack"
+    assert str(pipeline) == "normalize,epr-reparam{prior=logistic},finetune{epochs=3 lambda=0.5},pack"
     assert str(parse_pipeline(str(pipeline))) == str(pipeline)
     assert str(parse_pipeline("epr")) == "normalize,epr-reparam,finetune,pack"
     with pytest.raises(Exception, match="option loss=mse must be one of auto, ce, distill"):
