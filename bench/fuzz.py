@@ -20,8 +20,9 @@ silenced), reporting per path one outcome class:
 - ``same``: decoded, outputs on fixed inputs bit-identical to the unmutated seed's (a mutation of
   something nothing reads); ``refused``: a typed onnxcomp error; ``runtime-refused``: the decoder
   produced a model onnxruntime then refused (only possible behind a seal a writer forged);
-  ``runtime-crash``: the decoded standard model kills plain onnxruntime itself (checked in a
-  separate child: decoding succeeds, onnxruntime's session or Run aborts); ``different``: decoded, outputs differ (a different file; only acceptable when not ``sealed``);
+  ``runtime-crash``/``runtime-hang``: the decoded standard model kills or stalls plain
+  onnxruntime itself (checked in a separate child: decoding succeeds, onnxruntime's session or
+  Run aborts or never returns); ``different``: decoded, outputs differ (a different file; only acceptable when not ``sealed``);
 - bad, each must be zero: ``wrong`` (different outputs from a ``sealed`` file, i.e. silent wrong
   weights), ``raw-exception`` (anything but a typed error), ``crash`` (killed by a signal),
   ``hang`` (timeout), ``memory`` (MemoryError, or peak RSS up by more than MEMORY_GROWTH),
@@ -52,7 +53,7 @@ PATHS = ("decode_model", "InferenceSession", "CustomOpSession", "decompress", "i
 FRAMINGS = ("sealed", "resealed", "legacy")
 MUTATIONS = ("bitflip", "bytes", "truncate", "field")
 BAD = ("wrong", "raw-exception", "crash", "hang", "memory", "leftover")
-CLASSES = ("same", "refused", "runtime-refused", "runtime-crash", "different") + BAD
+CLASSES = ("same", "refused", "runtime-refused", "runtime-crash", "runtime-hang", "different") + BAD
 PATH_TIMEOUT = 20.0  # seconds per path; the seeds decode in milliseconds
 MEMORY_GROWTH = 1 << 30  # peak RSS growth of one path that counts as a blow-up
 CHILD_BUDGET = str(64 << 20)  # ONNXCOMP_MAX_DECODED_BYTES in the children
@@ -419,10 +420,11 @@ def run_case(seed: Seed, data: bytes, address_limit: int) -> dict[str, tuple[str
         answered = read_lines(read_fd, on_line)
         status = reap(pid, read_fd, kill=not answered)
         if pending:  # the child died or hung on pending[0]
-            if not answered:
+            runtime = onnxruntime_fails_on_decoded(data, address_limit)
+            if runtime is not None:
+                results[pending[0]] = (runtime, "plain onnxruntime itself dies or hangs on the decoded standard model")
+            elif not answered:
                 results[pending[0]] = ("hang", f"no answer in {PATH_TIMEOUT:.0f} s")
-            elif onnxruntime_crashes_on_decoded(data, address_limit):
-                results[pending[0]] = ("runtime-crash", "onnxruntime itself dies on the decoded standard model")
             elif os.WIFSIGNALED(status):
                 results[pending[0]] = ("crash", f"signal {os.WTERMSIG(status)}")
             else:
@@ -431,10 +433,11 @@ def run_case(seed: Seed, data: bytes, address_limit: int) -> dict[str, tuple[str
     return results
 
 
-def onnxruntime_crashes_on_decoded(data: bytes, address_limit: int) -> bool:
-    """Whether a child that decodes ``data`` (successfully) then dies in plain onnxruntime's
-    session or Run: onnxruntime 1.19 aborts on some malformed standard graphs (a Conv input of
-    the wrong rank trips a bounds assertion), which only a forged or unsealed file can carry."""
+def onnxruntime_fails_on_decoded(data: bytes, address_limit: int) -> str | None:
+    """"runtime-crash" / "runtime-hang" when a child that decodes ``data`` (successfully) then
+    dies or hangs in plain onnxruntime's session or Run, else None: onnxruntime 1.19 aborts on
+    some malformed standard graphs (a Conv input of the wrong rank trips a bounds assertion),
+    which only a forged or unsealed file can carry."""
     def body(write_fd: int) -> None:
         import numpy as np
         import onnxruntime as ort
@@ -455,7 +458,9 @@ def onnxruntime_crashes_on_decoded(data: bytes, address_limit: int) -> bool:
     pid, read_fd = forked(body, address_limit)
     answered = read_lines(read_fd, lines.append)
     status = reap(pid, read_fd, kill=not answered)
-    return answered and lines == [b"decoded"] and os.WIFSIGNALED(status)
+    if lines != [b"decoded"]:
+        return None  # the decoder itself failed or hung (ours), or onnxruntime was fine
+    return "runtime-hang" if not answered else "runtime-crash" if os.WIFSIGNALED(status) else None
 
 
 def address_limit() -> int:

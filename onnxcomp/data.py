@@ -188,10 +188,10 @@ def _make_split(
 ) -> Split:
     fitted = {name: _fit(f"{spec!r} ({where})", name, array, input_shapes[name], dtypes[name])
               for name, array in inputs.items()}
-    sizes = {name: len(array) for name, array in fitted.items()}
+    sizes = {name: len(array) for name, array in fitted.items() if array.ndim}  # 0-d: shared by all
     if len(set(sizes.values())) > 1:
         raise DataError(f"data spec {spec!r} ({where}): inputs differ in sample count {sizes}")
-    n = next(iter(sizes.values()))
+    n = next(iter(sizes.values()), 1)
     if labels is not None:
         labels = np.asarray(labels)
         if labels.dtype.kind not in "iu" or labels.shape != (n,):
@@ -207,8 +207,15 @@ def _fit(origin: str, name: str, array: np.ndarray, shape: Shape, dtype: np.dtyp
     """``array`` as ``dtype`` with the model's per-sample shape ``shape[1:]``; origin names the data."""
     array = _cast(origin, name, np.asarray(array), dtype)
     sample = tuple(shape)[1:]
-    if not shape:
-        raise DataError(f"model input {name!r} has no dimensions: needs a sample axis")
+    if not shape:  # a 0-d input (a sample rate, a flag): one value shared by every sample
+        if array.ndim == 1 and array.size and (array == array[0]).all():
+            return np.asarray(array[0])  # stored once per sample, all alike
+        if array.ndim != 0:
+            raise DataError(f"data spec {origin}: model input {name!r} is a scalar, shared by every sample; array "
+                            f"{name!r} of shape {array.shape} holds {len(np.unique(array))} different values")
+        return array
+    if array.ndim == len(shape) + 1 and array.shape[1] == 1 and array.ndim >= 2:
+        array = array[:, 0]  # each sample stored as a whole batch-1 input: [N, 1, ...] is N samples
     if array.ndim == 0 or array.dtype.kind not in "fiub":
         raise DataError(f"data spec {origin}: array {name!r} ({array.dtype}, {array.shape}) is not numeric samples")
     if not all(isinstance(d, int) and d > 0 for d in sample):

@@ -73,7 +73,7 @@ def inspect_model(path: str | os.PathLike, verify: bool = True) -> dict[str, Any
         if f.number in (w.GRAPH_INPUT, w.GRAPH_OUTPUT):
             w._expect(f, w.LEN, "graph input/output")
             name, dtype, dims = w.value_info_summary(f.value)
-            (inputs if f.number == w.GRAPH_INPUT else outputs).append({"name": name, "dtype": dtype, "shape": dims})
+            (inputs if f.number == w.GRAPH_INPUT else outputs).append({"name": name, "dtype": dtype, "shape": dims or []})
     for kind, item in w.walk_graph(graphs[0].value):
         if kind == "node":
             ops[f"{item.domain + '::' if item.domain else ''}{item.op_type}"] += 1

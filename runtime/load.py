@@ -208,6 +208,7 @@ def check_graph(data: bytes, *, verify: bool = True, max_decoded_bytes: int | No
             coded_bytes += sum(a.nbytes for a in arrays)
         if t.concat is not None and any(p.shape[1:] != t.plans[0].shape[1:] or not p.shape for p in t.plans):
             raise FormatError(f"node {t.concat.name!r}: the streams it joins disagree in shape")
+    _check_declared_shapes(checked)
     # Every size is checked; now the total against the decode budget, before allocating it.
     declared = sum(p.count * (p.dtype.itemsize if isinstance(p, BytePlanePlan) else 4) for t in tensors for p in t.plans)
     check_budget(declared, coded_bytes, max_decoded_bytes, "the model")
@@ -309,6 +310,35 @@ def _rewrite(data: bytes, weights_file: str | None = None, *, max_decoded_bytes:
         else:
             out_parts.append(f.raw)
     return b"".join(out_parts)
+
+
+MAX_DECLARED_DIM = 1 << 31
+
+
+def _check_declared_shapes(checked: CheckedGraph) -> None:
+    """A shape the graph declares for a decoded value (value_info, graph output) must be the one
+    its stream decodes to: onnxruntime plans buffers from it, and a custom op whose output
+    disagrees ends the process (measured) instead of failing the Run."""
+    declared = {}
+    for f in checked.graph_fields:
+        if f.number in (w.GRAPH_VALUE_INFO, w.GRAPH_OUTPUT, w.GRAPH_INPUT):
+            name, _, dims = w.value_info_summary(f.value)
+            # No real model declares a dimension of 2**31 or more; onnxruntime 1.19 spins forever
+            # planning one of 2**62 (measured), so a file carrying it is refused here.
+            bad = [d for d in dims or [] if isinstance(d, int) and not 0 <= d < MAX_DECLARED_DIM]
+            if bad:
+                raise FormatError(f"the graph declares {name!r} with dimension {bad[0]}, outside [0, 2**31)")
+            if f.number != w.GRAPH_INPUT:
+                declared[name] = dims
+    for t in checked.tensors:
+        for node, plan in zip(t.parts, t.plans):
+            dims = declared.get(node.outputs[0])
+            if dims is None:
+                continue  # nothing declared, or a type without a shape
+            fits = len(dims) == len(plan.shape) and all(not isinstance(d, int) or d == s for d, s in zip(dims, plan.shape))
+            if not fits:
+                raise FormatError(f"node {node.name!r}: the graph declares {node.outputs[0]!r} as {dims}, its stream "
+                                  f"decodes to {list(plan.shape)}")
 
 
 def _reject_duplicate_outputs(nodes: list[w.Node], initializers: dict[str, w.Field], version: int) -> None:

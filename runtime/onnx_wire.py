@@ -411,9 +411,10 @@ def tensor_summary(payload: memoryview, where: str) -> TensorSummary:
     return TensorSummary(name, dtype, dims, nbytes)
 
 
-def value_info_summary(payload: memoryview) -> tuple[str, str | None, list[int | str]]:
-    """(name, element type, dims) of a ValueInfoProto: fixed dims as ints, symbolic ones by name."""
-    name, dtype, dims = "", None, []
+def value_info_summary(payload: memoryview) -> tuple[str, str | None, list[int | str] | None]:
+    """(name, element type, dims) of a ValueInfoProto: fixed dims as ints, symbolic ones by name;
+    dims None when no shape is declared (unknown rank; [] is a scalar)."""
+    name, dtype, dims = "", None, None
     for f in parse_fields(payload):
         if f.number == VALUE_INFO_NAME:
             _expect(f, LEN, "value_info name")
@@ -429,6 +430,7 @@ def value_info_summary(payload: memoryview) -> tuple[str, str | None, list[int |
                         dtype = DATA_TYPES.get(g.value, (f"type{g.value}", 0))[0]
                     elif g.number == TENSOR_TYPE_SHAPE:
                         _expect(g, LEN, "tensor shape")
+                        dims = []
                         for d in parse_fields(g.value):
                             if d.number != SHAPE_DIM:
                                 continue

@@ -203,3 +203,16 @@ def test_a_0d_input_is_shared_by_every_sample_and_batch():
     assert [len(b) for b in parts] == [2, 2, 1]
     assert all(b.inputs["sr"].shape == () and int(b.inputs["sr"]) == 16000 for b in parts)
     np.testing.assert_array_equal(np.concatenate([b.inputs["x"] for b in parts]), x)
+
+
+def test_npz_scalars_and_batch_one_samples(tmp_path):
+    """What users save: a scalar input once or once per sample (all equal), and each sample as a
+    whole batch-1 input ([N, 1, T] for a [batch, T] input)."""
+    audio = np.random.default_rng(0).random((6, 1, 32)).astype(np.float32)
+    np.savez(tmp_path / "a.npz", audio=audio, sr=np.full(6, 16000, np.int64))
+    data = load_data(str(tmp_path / "a.npz"), {"audio": (None, None), "sr": ()}, {"audio": np.float32, "sr": np.int64})
+    assert data.val.inputs["audio"].shape == (6, 32) and data.val.inputs["sr"].shape == ()
+    np.testing.assert_array_equal(data.val.inputs["audio"], audio[:, 0])
+    np.savez(tmp_path / "b.npz", audio=audio, sr=np.array([16000, 8000, 16000, 16000, 16000, 16000]))
+    with pytest.raises(DataError, match="'sr' is a scalar, shared by every sample.*2 different values"):
+        load_data(str(tmp_path / "b.npz"), {"audio": (None, None), "sr": ()}, {"audio": np.float32, "sr": np.int64})

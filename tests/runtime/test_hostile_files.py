@@ -199,3 +199,18 @@ def test_the_custom_op_session_refuses_in_process_what_would_abort_a_run(packed,
     assert r.returncode == 0 and b"refused:" in r.stdout, r.stderr.decode()[-500:]
     got = rt.CustomOpSession(packed).run(None, mlp_input)[0]
     np.testing.assert_allclose(got, rt.InferenceSession(packed).run(None, mlp_input)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_files_of_earlier_domain_versions_still_decode(packed, mlp_input, version):
+    """Versions 1 and 2 had no seal: such files decode as before (with their guarantees)."""
+    def legacy(m):
+        set_domain_version(version)(m)
+        kept = [p for p in m.metadata_props if p.key != SEAL_KEY]
+        del m.metadata_props[:]
+        m.metadata_props.extend(kept)
+    old = edited(packed, legacy, reseal=False)
+    assert b"ai.onnxcomp.sha256" not in old
+    np.testing.assert_array_equal(run(rt.decode_model(old), mlp_input)[0], run(rt.decode_model(packed), mlp_input)[0])
+    np.testing.assert_array_equal(rt.InferenceSession(old).run(None, mlp_input)[0],
+                                  rt.InferenceSession(packed).run(None, mlp_input)[0])
