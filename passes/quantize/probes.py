@@ -13,19 +13,23 @@ whose output change stays within a budget set by int8 on the same inputs:
   their consumers read: a table's rows, a OneHot's depth);
 - with calibration inputs (``--data``, no labels needed), on the first CALIBRATION_SAMPLES of them.
 
-The budget: without data, the change *int8's weights* cause there (symmetric, per output
-channel, 127 levels: the peak grid at 8 bits); random inputs make activation ranges unlike real
-ones, so int8's activation quantization is not measured there, and matching its weight error
-and adding no activation error is the safe reading. With calibration inputs, onnxruntime's own
-int8 on them (``quantize_dynamic``, per channel, activations quantized at run time), counted at
-least as what its weights alone do and at most ACTIVATION_CAP times that: activation rounding can
-move outputs a lot and keep every decision; weight noise as large does not.
+The budget, with or without data: the change *int8's weights* cause on those inputs (symmetric,
+per output channel, 127 levels: the peak grid at 8 bits). onnxruntime's int8 also quantizes
+activations at run time; that part is not counted. On probe inputs it is meaningless (random
+inputs make activation ranges unlike real ones); on calibration inputs it is real, but a budget
+of it (up to twice int8's weights') lost boxes, lines or decisions that int8 keeps on four
+corpus models (nudenet, ddddocr-det, the ddddocr CRNN, magika): activation rounding moves
+outputs in ways that keep decisions, weight noise as large does not. Matching int8's weight
+error and adding no activation error is the safe reading.
 
 The steps are either one ``bits`` for all (``step_search.coarsest_bits``) or per tensor
 (``allocation.allocated_bits``: each tensor's share of the budget in proportion to its size,
-from its own measured output change), whichever is smaller; per tensor only on probe inputs of
-models whose inputs are floats (``integer_inputs``; on calibration inputs it lost more than
-int8 on two corpus models).
+from its own measured output change), whichever is smaller. Per tensor only for models whose
+inputs are floats (``integer_inputs``), and the split is always made on probe inputs: made on 32
+calibration inputs it rates tensors by what those inputs happen to exercise and lost more than
+int8 on two corpus models. With data, a split made on probes is kept only if the calibration
+inputs agree it stays within their budget too, so calibrating never writes a bigger file than
+the data-free default would, and never one the real inputs say is worse than int8's weights.
 
 Either way it is a relative yardstick, "no more output change than int8 on the same inputs",
 not an accuracy figure: BENCHMARKS.md (corpus) has the task metrics it gives.
@@ -180,44 +184,25 @@ def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context
         evaluator.evaluations += 1
         return relative_change(reference, evaluator.batched_outputs(candidate))
 
-    # On calibration inputs, int8 is onnxruntime's whole int8: int8 weights per channel and
-    # activations quantized at run time, never counted below what its weights alone do (weight
-    # noise against weight noise: silero-vad's int8 quantizes nothing) and at most ACTIVATION_CAP
-    # times that (activation quantization moves outputs in ways weight noise does not:
-    # ddddocr-det's int8 moves its calibration outputs by 48% and keeps every box; weight noise
-    # that large loses boxes). On probe inputs only its weights: random inputs make activation
-    # ranges unlike real ones (int8's whole change over its weights' is 7.3x on PP-OCRv6 rec's
-    # probes, 3.8x on its real crops), and a budget of twice int8's weights there lost
-    # recognized lines and detector boxes that int8 keeps.
     weights_only = change({w.name: int8_like(w) for w in weights})
-    int8, source = weights_only, "int8 weights"
-    full = ort_int8_change(model, inputs, evaluator.batch, reference) if what == "calibration inputs" else None
-    if full is not None and full > weights_only:
-        int8 = min(full, ACTIVATION_CAP * weights_only)
-        source = ("onnxruntime's int8 (quantize_dynamic)" if int8 == full else
-                  f"onnxruntime's int8 (quantize_dynamic), capped at {ACTIVATION_CAP:g}x int8 weights'")
-    budget = int8 * qpass.probe_margin + 1e-12
-    say(f"{source} changes the outputs on {len(inputs)} {what} by {int8:.3%}; budget {budget:.3%}")
-    # The budget is at least int8's weights' change, and on the peak grid bits 8 *is* int8's
-    # weights: within the budget by definition, so the search starts there (rounding noise makes
-    # 8.1 bits no safer than 8). The peak grid is the default because it compares like with like:
-    # on the rms grid (RD rounding or not) MiniLM met the same probe budget at 0.59x int8's file
-    # and lost twice int8's cosine on real sentences.
+    source = "int8 weights"
+    budget = weights_only * qpass.probe_margin + 1e-12
+    say(f"{source} change the outputs on {len(inputs)} {what} by {weights_only:.3%}; budget {budget:.3%}")
+    # On the peak grid bits 8 *is* int8's weights: within the budget by definition, so the search
+    # starts there (rounding noise makes 8.1 bits no safer than 8). The peak grid is the default
+    # because it compares like with like: on the rms grid (RD rounding or not) MiniLM met the same
+    # probe budget at 0.59x int8's file and lost twice int8's cosine on real sentences.
     high = 8.0 if qpass.grid == "peak" and qpass.probe_margin >= 1.0 else BITS_HIGH
     per_tensor = qpass.allocate
-    if per_tensor and what != "probe inputs":
-        # Measured on calibration inputs, per-tensor bits lost more than int8 on nudenet (81.5%
-        # vs 85.2% boxes) and the ddddocr CRNN (53% vs 60% lines), even within int8's weights'
-        # change: a few dozen real inputs rate tensors by what those inputs happen to exercise.
-        say("per-tensor bits not tried on calibration inputs")
-        per_tensor = False
-    elif per_tensor and (symbolic := integer_inputs(model)):
+    if per_tensor and (symbolic := integer_inputs(model)):
         say(f"per-tensor bits not tried: integer inputs {', '.join(symbolic)} (ids, masks, bytes)")
         per_tensor = False
-    # Each measured tensor costs an evaluation: all of allocation's when it runs, else only the
-    # ones the uniform search's refinement may coarsen (never those the inputs do not reach).
+    on_probes = what == "probe inputs"
+    # Each measured tensor costs an evaluation: all of allocation's when it runs on these inputs,
+    # else only the ones the uniform search's refinement may coarsen (never those the inputs do
+    # not reach).
     candidates = Candidates(weights, qpass)
-    allocated_names = {w.name for w in allocatable(weights)} if per_tensor else set()
+    allocated_names = {w.name for w in allocatable(weights)} if per_tensor and on_probes else set()
     measured = [w for w in weights if w.name in allocated_names]
     measured += [w for w in tensors_to_refine(weights) if w.name not in allocated_names]
     changes = sensitivities(measured, candidates, originals, change)
@@ -225,21 +210,49 @@ def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context
                                       unseen_in(changes))
     say(f"uniform: about {size / 8:,.0f} bytes of latents")
     method = "uniform"
-    if per_tensor:
-        # Per-tensor bits spend only int8's weights' own change, never the activation allowance:
-        # against ACTIVATION_CAP x that on calibration inputs they lost boxes int8 keeps (nudenet
-        # 81.5% vs 85.2%), where one bits for all did not.
+    if per_tensor and on_probes:
         allocated = allocated_bits(weights, candidates, {n: c for n, c in changes.items() if n in allocated_names},
-                                   change, weights_only * qpass.probe_margin + 1e-12, bits, say)
+                                   change, budget, bits, say)
         if allocated is not None:
             say(f"per-tensor: about {allocated[2] / 8:,.0f} bytes of latents")
             if allocated[2] < size:
                 (bits, final, size), method = allocated, "per-tensor"
+    elif per_tensor:
+        allocated = allocation_on_probes(model, weights, qpass, candidates, originals, bits, context.seed, say)
+        if allocated is not None and allocated[2] < size:
+            on_real = change(candidates.feed(allocated[0]))
+            say(f"per-tensor (split on probe inputs): about {allocated[2] / 8:,.0f} bytes of latents; "
+                f"output change on the {what} {on_real:.3%}")
+            if on_real <= budget:
+                bits, final, size = allocated[0], on_real, allocated[2]
+                method = "per-tensor (split on probe inputs, checked on calibration inputs)"
     return finish_search(context, weights, bits, 0.0, final, budget, evaluator.evaluations, started, say,
                          "output change", ".3%", f"{what} vs {source}", len(inputs), method)
 
 
-ACTIVATION_CAP = 2.0  # on real inputs: int8's change counts up to this times its weights' alone
+def allocation_on_probes(model: ir.Model, weights: list[Weight], qpass, candidates: Candidates,
+                         originals: dict[str, np.ndarray], fallback: dict[str, float], seed: int,
+                         say) -> tuple[dict[str, float], float, float] | None:
+    """The data-free per-tensor split (bits, change on probes, estimated latent bits), made on
+    probe inputs against int8's weights there, or None when the model cannot be probed."""
+    probes = probe_inputs(model, seed)
+    if probes is None:
+        return None
+    try:
+        evaluator = WeightSwapEvaluator(model, [w.name for w in weights], probes)
+        reference = evaluator.batched_outputs(originals)
+    except Exception:  # noqa: BLE001 - random inputs the model rejects: no split, the uniform bits stand
+        return None
+
+    def change(candidate: dict[str, np.ndarray]) -> float:
+        return relative_change(reference, evaluator.batched_outputs(candidate))
+
+    budget = change({w.name: int8_like(w) for w in weights}) * qpass.probe_margin + 1e-12
+    names = {w.name for w in allocatable(weights)}
+    changes = sensitivities([w for w in weights if w.name in names], candidates, originals, change)
+    return allocated_bits(weights, candidates, changes, change, budget, fallback, say)
+
+
 CALIBRATION_SAMPLES = 32  # of the calibration split, for the yardstick (int8's change is stable by then)
 
 
@@ -252,49 +265,6 @@ def yardstick_inputs(model: ir.Model, context) -> tuple[Split | None, str]:
         if split is not None:
             return split.take(slice(0, CALIBRATION_SAMPLES)), "calibration inputs"
     return probe_inputs(model, context.seed), "probe inputs"
-
-
-def ort_int8_change(model: ir.Model, inputs: Split, batch: int, reference: list[list[np.ndarray]]) -> float | None:
-    """How much onnxruntime's own int8 (``quantize_dynamic``: int8 weights per channel,
-    activations quantized at run time) changes the outputs on ``inputs`` (run ``batch``
-    samples at a time, as ``reference`` was); None when it cannot quantize or run this model."""
-    import tempfile
-    from pathlib import Path
-
-    import onnxruntime as ort
-
-    from onnxcomp.data import batches
-
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError:
-        return None
-    with tempfile.TemporaryDirectory(prefix="onnxcomp-int8-") as tmp:
-        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-        try:
-            proto = ir.serde.serialize_model(model)
-            # value_info of the weights confuses the quantizer's shape inference once it has
-            # transposed them; onnxruntime infers everything it needs anyway
-            del proto.graph.value_info[:]
-            src.write_bytes(proto.SerializeToString())
-        except Exception:  # noqa: BLE001
-            return None
-        # QInt8 per channel, as int8 is used at its best (and as the corpus peer runs it); per
-        # tensor where per channel fails. onnxruntime 1.19 has no ConvInteger kernel for int8
-        # weights, so conv nets are measured with QUInt8 weights (the same 256 levels).
-        for weight_type, per_channel in ((QuantType.QInt8, True), (QuantType.QUInt8, True),
-                                         (QuantType.QInt8, False), (QuantType.QUInt8, False)):
-            try:
-                quantize_dynamic(str(src), str(dst), weight_type=weight_type, per_channel=per_channel)
-                options = ort.SessionOptions()
-                options.log_severity_level = 4  # a failing candidate is expected and handled
-                session = ort.InferenceSession(str(dst), options, providers=["CPUExecutionProvider"])
-                names = [i.name for i in session.get_inputs()]
-                outputs = [session.run(None, {n: b.inputs[n] for n in names}) for b in batches(inputs, batch)]
-            except Exception:  # noqa: BLE001 - the quantizer or the run failed: try the next, then int8 weights
-                continue
-            return relative_change(reference, outputs)
-    return None
 
 
 def feature_axis(shape: tuple[int, ...]) -> int | None:

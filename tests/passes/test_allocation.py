@@ -132,3 +132,26 @@ def test_tables_and_token_inputs_are_left_to_the_uniform_search(tmp_path):
     # Per-tensor ratios measured on token ids follow the ids chosen: not trusted.
     assert report["search"]["method"] == "uniform"
     assert json.loads(json.dumps(report))["search"]["inputs"].startswith("probe inputs")
+
+
+def test_with_calibration_inputs_the_split_is_made_on_probes_and_checked_on_the_real_inputs(tmp_path):
+    """Data makes the file no bigger than the data-free split: the same per-tensor split (made on
+    probe inputs), kept because the calibration inputs' change stays within their own budget."""
+    from onnxcomp.compile import compress
+    from onnxcomp.passes.quantize.probes import relative_change
+
+    src, calib = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(two_branch_model(), src)
+    x = np.random.default_rng(3).normal(0, 1, (40, 32)).astype(np.float32)
+    np.savez(calib, x=x)
+    report = compress(src, tmp_path / "c.onnx", "ptq", data=str(calib), progress=False, seed=0)
+    search = report["search"]
+    assert search["method"] == "per-tensor (split on probe inputs, checked on calibration inputs)"
+    assert search["inputs"] == "calibration inputs vs int8 weights"
+    assert 0 < search["final_error"] <= search["budget"]
+    import onnxcomp.runtime as rt
+
+    normalized = compile_proto(two_branch_model(), "normalize")
+    feeds = {"x": x[:32]}
+    got = rt.InferenceSession(str(tmp_path / "c.onnx")).run(None, feeds)
+    assert relative_change([run(normalized, feeds)], [got]) == pytest.approx(search["final_error"], rel=1e-3)
