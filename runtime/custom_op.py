@@ -58,7 +58,8 @@ def _cache_key(inputs: list[np.ndarray], attrs: dict[str, int]) -> tuple:
     return tuple(parts)
 
 
-def _decode_cached(inputs: list[np.ndarray], attrs: dict[str, int], op_type: str = fmt.ENTROPY_DECODE) -> np.ndarray:
+def _decode_cached(inputs: list[np.ndarray], attrs: dict[str, int], op_type: str = fmt.ENTROPY_DECODE,
+                   max_decoded_bytes: int | None = None) -> np.ndarray:
     global _cache_bytes
     key = (op_type, *_cache_key(inputs, attrs))
     with _lock:
@@ -69,7 +70,7 @@ def _decode_cached(inputs: list[np.ndarray], attrs: dict[str, int], op_type: str
     where = f"{fmt.DOMAIN}::{op_type} (crc32 {attrs.get('crc32', 0):#010x})"
     plan = planner_for(fmt.DOMAIN, op_type, attrs.get("format_version", -1), where)(inputs, attrs, where)
     itemsize = plan.dtype.itemsize if isinstance(plan, BytePlanePlan) else 4
-    check_budget(plan.count * itemsize, sum(np.asarray(a).nbytes for a in inputs), None, where)
+    check_budget(plan.count * itemsize, sum(np.asarray(a).nbytes for a in inputs), max_decoded_bytes, where)
     out = plan.decode()
     out.setflags(write=False)
     with _lock:
@@ -149,7 +150,10 @@ def CustomOpSession(path_or_model: Any, sess_options: Any = None, providers: Any
 
     Raises FormatError / ModelLoadError, as decode at load does, for any file that is not
     exactly what onnxcomp wrote (seal, sizes, streams, CRCs), so the op never meets a bad stream
-    inside a Run (where it could only abort the process). Takes what onnxruntime's session takes.
+    inside a Run (where it could only abort the process); Runs are served from the cache this
+    fills. Takes what onnxruntime's session takes. A raised ``max_decoded_bytes`` covers this
+    check; a model whose decoded tensors outgrow the cache (CACHE_MAX_BYTES) re-decodes in Runs,
+    under ONNXCOMP_MAX_DECODED_BYTES.
     """
     import onnxruntime as ort
 
@@ -161,7 +165,7 @@ def CustomOpSession(path_or_model: Any, sess_options: Any = None, providers: Any
         for t in checked.tensors:
             for node in t.parts:
                 attrs = {k: v for k, v in node.int_attrs.items() if k in OP_ATTRIBUTES[node.op_type]}
-                _decode_cached(checked.node_inputs[id(node)], attrs, node.op_type)
+                _decode_cached(checked.node_inputs[id(node)], attrs, node.op_type, max_decoded_bytes)
     if sess_options is None:
         sess_options = ort.SessionOptions()
     register(sess_options)

@@ -82,8 +82,7 @@ def check_seal(top: list[w.Field], version: int | None) -> bool:
     """Verify the seal of a model (``top``: its top-level fields). Returns whether the file is
     sealed; raises FormatError when the seal is wrong or doubled, or missing from a file of
     domain version 3 or later."""
-    seals = [(i, f) for i, f in enumerate(top)
-             if f.number == MODEL_METADATA_PROPS and f.wire_type == w.LEN and _metadata_key_value(f)[0] == SEAL_KEY]
+    seals = [(i, f) for i, f in enumerate(top) if is_seal(f)]
     if not seals:
         if version is not None and version >= fmt.SEALED_DOMAIN_VERSION:
             raise FormatError(f"the model imports {fmt.DOMAIN} version {version} but has no {SEAL_KEY!r} seal: "

@@ -180,7 +180,7 @@ def test_hostile_wire_fields_give_typed_errors(packed):
         w.graph_input_names(memoryview(graph))
 
 
-def test_the_custom_op_session_refuses_in_process_what_would_abort_a_run(packed, mlp_input):
+def test_the_custom_op_session_refuses_in_process_what_would_abort_a_run(packed, mlp_input, monkeypatch):
     # In a child: a plain registered session would abort the interpreter on this file (exit 134).
     def corrupt(m):
         raw = bytearray(first(m, ".bitstream").raw_data)
@@ -197,7 +197,14 @@ def test_the_custom_op_session_refuses_in_process_what_would_abort_a_run(packed,
     """)
     r = subprocess.run([sys.executable, "-c", code], input=bad, capture_output=True, timeout=120)
     assert r.returncode == 0 and b"refused:" in r.stdout, r.stderr.decode()[-500:]
-    got = rt.CustomOpSession(packed).run(None, mlp_input)[0]
+    session = rt.CustomOpSession(packed)
+    from onnxcomp.runtime import custom_op
+
+    decodes = []
+    planner = custom_op.planner_for
+    monkeypatch.setattr(custom_op, "planner_for", lambda *a: (decodes.append(a), planner(*a))[1])
+    got = session.run(None, mlp_input)[0]
+    assert decodes == []  # every Run is served from what the session checked and decoded
     np.testing.assert_allclose(got, rt.InferenceSession(packed).run(None, mlp_input)[0], rtol=1e-5, atol=1e-6)
 
 
