@@ -160,7 +160,7 @@ def check_graph(data: bytes, *, verify: bool = True, max_decoded_bytes: int | No
     graph_fields = w.parse_fields(graphs[0].value)
 
     for f in graph_fields:
-        if f.number in (w.GRAPH_NODE, w.GRAPH_INITIALIZER, w.GRAPH_OUTPUT, w.GRAPH_VALUE_INFO):
+        if f.number in (w.GRAPH_NODE, w.GRAPH_INITIALIZER, w.GRAPH_INPUT, w.GRAPH_OUTPUT, w.GRAPH_VALUE_INFO):
             w._expect(f, w.LEN, "graph node/initializer/value_info")
     nodes = [(f, w.parse_node(f.value)) for f in graph_fields if f.number == w.GRAPH_NODE]
     if not any(n.domain == fmt.DOMAIN for _, n in nodes):
