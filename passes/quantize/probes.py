@@ -25,11 +25,11 @@ error and adding no activation error is the safe reading.
 The steps are either one ``bits`` for all (``step_search.coarsest_bits``) or per tensor
 (``allocation.allocated_bits``: each tensor's share of the budget in proportion to its size,
 from its own measured output change), whichever is smaller. Per tensor only for models whose
-inputs are floats (``integer_inputs``), and the split is always made on probe inputs: made on 32
-calibration inputs it rates tensors by what those inputs happen to exercise and lost more than
-int8 on two corpus models. With data, a split made on probes is kept only if the calibration
-inputs agree it stays within their budget too, so calibrating never writes a bigger file than
-the data-free default would, and never one the real inputs say is worse than int8's weights.
+inputs are floats (``integer_inputs``), and the split is always made and checked on probe
+inputs: made on 32 calibration inputs it rates tensors by what those inputs happen to exercise
+and lost more than int8 on two corpus models. With data, the candidates are the calibrated
+uniform bits and the data-free default's per-tensor split (on probes, with this run's rounding);
+the smaller is kept, so giving data never makes the file bigger than that split.
 
 Either way it is a relative yardstick, "no more output change than int8 on the same inputs",
 not an accuracy figure: BENCHMARKS.md (corpus) has the task metrics it gives.
@@ -218,23 +218,27 @@ def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context
             if allocated[2] < size:
                 (bits, final, size), method = allocated, "per-tensor"
     elif per_tensor:
-        allocated = allocation_on_probes(model, weights, qpass, candidates, originals, bits, context.seed, say)
-        if allocated is not None and allocated[2] < size:
+        # The data-free default's per-tensor split, on probe inputs against int8's weights there
+        # (with this run's rounding): a candidate as safe as the default without data, taken when
+        # smaller, so giving data never makes the file bigger than the split without it.
+        probed = allocation_on_probes(model, weights, qpass, candidates, originals, bits, context.seed, say)
+        if probed is not None and probed[0][2] < size:
+            (allocated, probe_budget, probe_samples) = probed
             on_real = change(candidates.feed(allocated[0]))
-            say(f"per-tensor (split on probe inputs): about {allocated[2] / 8:,.0f} bytes of latents; "
-                f"output change on the {what} {on_real:.3%}")
-            if on_real <= budget:
-                bits, final, size = allocated[0], on_real, allocated[2]
-                method = "per-tensor (split on probe inputs, checked on calibration inputs)"
+            say(f"per-tensor (on probe inputs): about {allocated[2] / 8:,.0f} bytes of latents, smaller than the "
+                f"uniform bits; its output change on the {what} is {on_real:.3%}")
+            return finish_search(context, weights, allocated[0], 0.0, allocated[1], probe_budget, evaluator.evaluations,
+                                 started, say, "output change", ".3%", f"probe inputs vs {source}", probe_samples,
+                                 "per-tensor (on probe inputs; smaller than the calibrated uniform bits)")
     return finish_search(context, weights, bits, 0.0, final, budget, evaluator.evaluations, started, say,
                          "output change", ".3%", f"{what} vs {source}", len(inputs), method)
 
 
 def allocation_on_probes(model: ir.Model, weights: list[Weight], qpass, candidates: Candidates,
-                         originals: dict[str, np.ndarray], fallback: dict[str, float], seed: int,
-                         say) -> tuple[dict[str, float], float, float] | None:
-    """The data-free per-tensor split (bits, change on probes, estimated latent bits), made on
-    probe inputs against int8's weights there, or None when the model cannot be probed."""
+                         originals: dict[str, np.ndarray], fallback: dict[str, float], seed: int, say):
+    """The data-free per-tensor split made on probe inputs against int8's weights there:
+    ((bits, change on probes, estimated latent bits), the probe budget, probe samples), or None
+    when the model cannot be probed or no split meets the budget."""
     probes = probe_inputs(model, seed)
     if probes is None:
         return None
@@ -250,7 +254,8 @@ def allocation_on_probes(model: ir.Model, weights: list[Weight], qpass, candidat
     budget = change({w.name: int8_like(w) for w in weights}) * qpass.probe_margin + 1e-12
     names = {w.name for w in allocatable(weights)}
     changes = sensitivities([w for w in weights if w.name in names], candidates, originals, change)
-    return allocated_bits(weights, candidates, changes, change, budget, fallback, say)
+    allocated = allocated_bits(weights, candidates, changes, change, budget, fallback, say)
+    return None if allocated is None else (allocated, budget, len(probes))
 
 
 CALIBRATION_SAMPLES = 32  # of the calibration split, for the yardstick (int8's change is stable by then)
