@@ -146,12 +146,15 @@ def test_with_calibration_inputs_the_data_free_split_stays_a_candidate(tmp_path)
     np.savez(calib, x=np.random.default_rng(3).normal(0, 1, (40, 32)).astype(np.float32))
     report = compress(src, tmp_path / "c.onnx", "ptq", data=str(calib), progress=False, seed=0)
     search = report["search"]
-    assert search["method"] == "per-tensor (on probe inputs; smaller than the calibrated uniform bits)"
+    assert search["method"] == "per-tensor (the data-free split; smaller than the calibrated uniform bits)"
     assert search["inputs"] == "probe inputs vs int8 weights" and 0 < search["final_error"] <= search["budget"]
     uniform = compress(src, tmp_path / "u.onnx", "normalize,quantize{allocate=false},pack", data=str(calib),
                        progress=False, seed=0)
     assert uniform["search"]["inputs"] == "calibration inputs vs int8 weights"
     assert report["payload_bytes"] < uniform["payload_bytes"]
+    # Written exactly as the data-free default writes it: the same bytes as without data.
+    compress(src, tmp_path / "f.onnx", "ptq", progress=False, seed=0)
+    assert (tmp_path / "c.onnx").read_bytes() == (tmp_path / "f.onnx").read_bytes()
     import onnxcomp.runtime as rt
 
     normalized = compile_proto(two_branch_model(), "normalize")
