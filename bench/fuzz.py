@@ -420,7 +420,7 @@ def run_case(seed: Seed, data: bytes, address_limit: int) -> dict[str, tuple[str
         answered = read_lines(read_fd, on_line)
         status = reap(pid, read_fd, kill=not answered)
         if pending:  # the child died or hung on pending[0]
-            runtime = onnxruntime_fails_on_decoded(data, address_limit)
+            runtime = onnxruntime_fails_on_decoded(data, address_limit, pending[0])
             if runtime is not None:
                 results[pending[0]] = (runtime, "plain onnxruntime itself dies or hangs on the decoded standard model")
             elif not answered:
@@ -433,18 +433,30 @@ def run_case(seed: Seed, data: bytes, address_limit: int) -> dict[str, tuple[str
     return results
 
 
-def onnxruntime_fails_on_decoded(data: bytes, address_limit: int) -> str | None:
+def onnxruntime_fails_on_decoded(data: bytes, address_limit: int, path: str) -> str | None:
     """"runtime-crash" / "runtime-hang" when a child that decodes ``data`` (successfully) then
     dies or hangs in plain onnxruntime's session or Run, else None: onnxruntime 1.19 aborts on
     some malformed standard graphs (a Conv input of the wrong rank trips a bounds assertion),
-    which only a forged or unsealed file can carry."""
+    which only a forged or unsealed file can carry. ``path`` decompress: the standard model is
+    decompress's output (folded weights give onnxruntime other shapes to infer), else decode_model's."""
     def body(write_fd: int) -> None:
         import numpy as np
         import onnxruntime as ort
 
         import onnxcomp.runtime as rt
 
-        decoded = rt.decode_model(data, verify=False)
+        if path == "decompress":
+            from onnxcomp.decompress import decompress
+
+            with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
+                src, out = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
+                with open(src, "wb") as fh:
+                    fh.write(data)
+                decompress(src, out, verify=False)
+                with open(out, "rb") as fh:
+                    decoded = fh.read()
+        else:
+            decoded = rt.decode_model(data, verify=False)
         os.write(write_fd, b"decoded\n")
         sess = ort.InferenceSession(decoded, _session_options(), providers=["CPUExecutionProvider"])
         feeds = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in sess.get_inputs()}
@@ -478,7 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=max(1, len(os.sched_getaffinity(0))))
     ap.add_argument("--out", help="folder for fuzz.json, fuzz.md and the bad cases' files")
+    ap.add_argument("--recheck", help="run the saved bad cases of a folder (caseN-SEED-FRAMING.onnx) again")
     args = ap.parse_args(argv)
+    if args.recheck:
+        return recheck(Path(args.recheck))
 
     import onnxruntime as ort
 
@@ -535,6 +550,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"BAD case {b['case']} ({b['seed']}, {b['framing']}, {b['mutation']}) {b['path']}: {b['outcome']}: {b['detail']}",
               file=sys.stderr)
     return 1 if bad_cases else 0
+
+
+def recheck(folder: Path) -> int:
+    """Every saved case again, with this version's attribution; prints one line per bad path."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    seeds = {s.name: s for s in build_seeds()}
+    limit, bad = address_limit(), 0
+    for f in sorted(folder.glob("case*.onnx")):
+        stem = f.stem.split("-", 1)[1]
+        framing = next(fr for fr in FRAMINGS if stem.endswith("-" + fr))
+        seed = seeds[stem[: -len(framing) - 1]]
+        for path, (outcome, detail) in run_case(seed, f.read_bytes(), limit).items():
+            if outcome == "different" and framing == "sealed":
+                outcome = "wrong"
+            print(f"{f.name} {path}: {outcome}" + (f" ({detail})" if outcome in BAD else ""))
+            bad += outcome in BAD
+    return 1 if bad else 0
 
 
 def fuzz_table(summary: dict, counts) -> str:
