@@ -129,8 +129,12 @@ def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike, fo
         if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
             return save_model(model, output_path)  # external data beside the output
         data = serialize(model)
-    except (ModelError, OSError):
+    except ModelError:
         raise
+    except OSError as exc:
+        if stage != "read":
+            raise  # the disk, not the file
+        raise ModelLoadError(f"{input_path}: cannot read its external data ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - onnx-ir's errors on graphs it cannot represent
         raise ModelLoadError(f"{input_path}: the decoded model cannot be {'folded' if stage == 'fold' else stage} "
                              f"({type(exc).__name__}: {exc})") from None
