@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("input", help="ONNX model")
     c.add_argument("-o", "--output", required=True, help="compressed ONNX file to write")
     c.add_argument("-p", "--pipeline", default="ptq", help="pipeline string or preset (default: ptq)")
-    c.add_argument("--data", help="data spec: mnist, fashion-mnist, or file.npz: flat keys (one per model input) "
-                                  "calibrate ptq; training passes need train/<input> and val/<input> keys")
+    c.add_argument("--data", help="data spec: mnist, fashion-mnist, or file.npz with one array per model input "
+                                  "(training passes hold every 5th sample out for validation; train/<input> and "
+                                  "val/<input> keys choose the splits yourself)")
     c.add_argument("--max-error-increase", type=float, help="error budget on the validation split, a fraction (0.001 = 0.1 point)")
     c.add_argument("--max-error", type=float, help="absolute error budget on the validation split (epr searches lambda for it)")
     c.add_argument("--resume", action="store_true", help="continue an interrupted training run from its checkpoints (<output>.train/)")

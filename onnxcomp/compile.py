@@ -66,6 +66,12 @@ def compress(
     original = Original(Path(input_path), to_proto(model), Path(input_path).stat().st_size, payload_bytes(model),
                         weight_params(model))
     dataset = load_compile_data(data, original.proto) if data else None
+    if dataset is not None and dataset.train is None and any(p.trains for p in pipe.passes):
+        from onnxcomp.data import HELD_OUT_EVERY, split_for_training
+
+        dataset = split_for_training(dataset)
+        say(f"data: one split; training on {len(dataset.train)} samples, validating on {len(dataset.val)} "
+            f"(every {HELD_OUT_EVERY}th held out)")
     # Checkpoints of training passes live beside the output until it is written, so that an
     # interrupted run can be resumed with the same command plus --resume.
     work_dir = Path(output_path).with_name(Path(output_path).name + ".train")

@@ -264,3 +264,23 @@ def batches(split: Split, batch_size: int, shuffle_seed: int | None = None) -> I
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         yield split.take(slice(start, stop) if order is None else order[start:stop])
+
+
+HELD_OUT_EVERY = 5  # a one-split spec trained on: every 5th sample validates, the rest train
+
+
+def split_for_training(data: Data) -> Data:
+    """``data`` with a train split for training passes: a spec with only one split (a flat .npz)
+    is split deterministically, every HELD_OUT_EVERY-th sample (the 5th, 10th, ...) held out as
+    val and the rest train, interleaved so that data stored in order (by class, by file) splits
+    alike. Specs that have a train split are returned as they are."""
+    if data.train is not None or data.val is None:
+        return data
+    n = len(data.val)
+    if n < 2:
+        raise DataError(f"data spec {data.spec!r}: {n} sample(s); training needs at least 2 (train and val)")
+    index = np.arange(n)
+    held_out = (index % HELD_OUT_EVERY) == HELD_OUT_EVERY - 1
+    if not held_out.any():
+        held_out[-1] = True
+    return Data(data.spec, data.val.take(index[~held_out]), data.val.take(index[held_out]), data.test)

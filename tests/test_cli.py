@@ -200,3 +200,12 @@ def test_a_closed_pipe_and_the_umask(mlp_file, tmp_path):
                            f"--report {out}.json --quiet"], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         assert out.stat().st_mode & 0o777 == mode and Path(f"{out}.json").stat().st_mode & 0o777 == mode
+
+
+def test_a_flat_npz_trains(mlp_file, tmp_path):
+    """Unlabeled inputs under flat keys: training passes split them (every 5th validates)."""
+    np.savez(tmp_path / "flat.npz", x=np.random.default_rng(0).random((60, 64)).astype(np.float32))
+    out = tmp_path / "w.onnx"
+    r = onnxcomp("compress", mlp_file, "-o", out, "-p", "normalize,weight-fix{epochs=0.5},pack", "--data", tmp_path / "flat.npz")
+    assert r.returncode == 0, r.stderr
+    assert "training on 48 samples, validating on 12" in r.stderr and out.exists()

@@ -216,3 +216,23 @@ def test_npz_scalars_and_batch_one_samples(tmp_path):
     np.savez(tmp_path / "b.npz", audio=audio, sr=np.array([16000, 8000, 16000, 16000, 16000, 16000]))
     with pytest.raises(DataError, match="'sr' is a scalar, shared by every sample.*2 different values"):
         load_data(str(tmp_path / "b.npz"), {"audio": (None, None), "sr": ()}, {"audio": np.float32, "sr": np.int64})
+
+
+def test_a_one_split_spec_is_split_for_training_deterministically(tmp_path):
+    from onnxcomp.data import HELD_OUT_EVERY, split_for_training
+
+    x = np.arange(23 * 4, dtype=np.float32).reshape(23, 4)
+    labels = np.arange(23) % 3
+    np.savez(tmp_path / "flat.npz", x=x, labels=labels)
+    data = load_data(str(tmp_path / "flat.npz"), {"x": ("N", 4)})
+    assert data.train is None and len(data.val) == 23
+    split = split_for_training(data)
+    held = np.arange(23)[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
+    assert len(split.train) == 23 - len(held) and len(split.val) == len(held) == 4
+    np.testing.assert_array_equal(split.val.inputs["x"], x[held])
+    np.testing.assert_array_equal(split.val.labels, labels[held])
+    assert not set(split.train.inputs["x"][:, 0]) & set(split.val.inputs["x"][:, 0])
+    assert split_for_training(split) is split  # a spec with a train split stays as it is
+    np.savez(tmp_path / "one.npz", x=x[:1])
+    with pytest.raises(DataError, match="1 sample"):
+        split_for_training(load_data(str(tmp_path / "one.npz"), {"x": ("N", 4)}))

@@ -67,6 +67,10 @@ class LambdaSearchReport(PassReport):
 @dataclass
 class FinetunePass(CompressionPass):
     name = "finetune"
+
+    @property
+    def trains(self) -> bool:
+        return True
     summary = "train an epr-reparam graph: task loss + lambda * bits/weight (ONNX Runtime training, resumable)"
 
     epochs: float = field(default=25.0, metadata={"help": "passes over the train split"})
@@ -120,7 +124,8 @@ class FinetunePass(CompressionPass):
             raise PassError("finetune: nothing to train; run epr-reparam before it (e.g. -p epr)")
         ctx = self.context
         if ctx.data is None or ctx.data.train is None:
-            raise DataError("finetune needs --data with a train split (e.g. --data mnist, or an .npz with train/ keys)")
+            raise DataError("finetune needs --data with inputs to train on (e.g. --data mnist, or an .npz of the "
+                            "model's inputs)")
         if ctx.original_model is None:
             raise PassError("finetune: the compile context has no original model (the teacher and error baseline)")
         teacher = Teacher(ctx.original_model.SerializeToString())

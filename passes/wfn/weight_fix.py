@@ -49,6 +49,10 @@ MAX_ORDER = 2  # sums of up to three powers of two
 @dataclass
 class WeightFixPass(CompressionPass):
     name = "weight-fix"
+
+    @property
+    def trains(self) -> bool:
+        return self.epochs > 0  # retraining between rounds
     summary = "WFN: fix all weights to a few shared powers of two over rounds, retraining the rest (ORT training)"
 
     schedule: tuple[float, ...] = field(default=PAPER_SCHEDULE, metadata={"help": "share of all weights fixed after each round, increasing, ending at 1 (e.g. 0.5:0.9:1)"})
