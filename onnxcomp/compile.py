@@ -82,7 +82,7 @@ def compress(
     n = len(pipe.passes)
     counter = iter(range(1, n + 1))
     timings = pipe.run(model, context, on_pass=lambda p: say(f"[{next(counter)}/{n}] {p}"))
-    if not any(p.name == "pack" for p in pipe.passes) and any(True for _ in model.graph.initializers):
+    if not any(p.name == "pack" for p in pipe.passes) and model.graph.initializers:
         context.warn("note: the pipeline has no 'pack' pass, so nothing is entropy coded and the file is not "
                      "smaller (latents stay as plain integer or float tensors); end it with ',pack'")
     # The output is checked (report, validation metrics) where it was staged and moved into place

@@ -39,18 +39,8 @@ def inspect_model(path: str | os.PathLike, verify: bool = True) -> dict[str, Any
         from onnxcomp.errors import ModelLoadError
 
         raise ModelLoadError(f"{path}: not an ONNX model (no graph)")
-    ir_version, opsets = None, {}
-    for f in top:
-        if f.number == 1 and f.wire_type == w.VARINT:
-            ir_version = f.value
-        elif f.number == w.MODEL_OPSET_IMPORT and f.wire_type == w.LEN:
-            domain, version = "", 1
-            for g in w.parse_fields(f.value):
-                if g.number == w.OPSET_DOMAIN and g.wire_type == w.LEN:
-                    domain = bytes(g.value).decode("utf-8", errors="replace")
-                elif g.number == w.OPSET_VERSION and g.wire_type == w.VARINT:
-                    version = g.value
-            opsets[domain] = version
+    ir_version = next((f.value for f in top if f.number == 1 and f.wire_type == w.VARINT), None)
+    opsets = dict(w.opset_imports(top))
 
     coded, coded_inputs = [], set()
     if checked is not None:

@@ -79,13 +79,13 @@ class CompressionPass(ir.passes.InPlacePass):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    context: CompileContext
 
     @property
     def trains(self) -> bool:
         """Whether the pass trains on a train split (validating on val): compile then splits a
         one-split data spec (a flat .npz) for it (``onnxcomp.data.split_for_training``)."""
         return False
-    context: CompileContext
 
     def __post_init__(self) -> None:
         self.context = CompileContext()

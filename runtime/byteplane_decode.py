@@ -20,7 +20,8 @@ import numpy as np
 from onnxcomp.errors import FormatError
 
 from . import format as fmt
-from .entropy_decode import DecodePlan, check_crc_attribute, iter_values, max_symbols_in, validate_shape, validate_table
+from .entropy_decode import (DecodePlan, check_crc_attribute, iter_values, max_symbols_in, stream_words, validate_shape,
+                             validate_table)
 
 NUMPY_TYPES = {1: np.dtype("<f4"), 10: np.dtype("<f2")}
 UNSIGNED = {4: np.dtype("<u4"), 2: np.dtype("<u2")}
@@ -103,10 +104,8 @@ def plan_byte_plane_decode(inputs: list[np.ndarray], attrs: dict[str, int], wher
         if count > max_symbols_in(8 * (stop - start), f):
             raise FormatError(f"{where}: declared shape {list(dims)} ({count} values) is larger than plane {j}'s "
                               f"{stop - start}-byte stream can hold under its table")
-        words = np.frombuffer(b[start:stop].tobytes(), dtype="<u4").astype(np.uint32)
-        if words.size and words[-1] == 0:
-            raise FormatError(f"{where}: plane {j}'s stream ends in a zero word (never written by an ANS coder)")
-        plans.append(DecodePlan(words, f, 0, (count,), None, f"{where} plane {j}"))
+        plane = f"{where} plane {j}"
+        plans.append(DecodePlan(stream_words(b[start:stop], plane), f, 0, (count,), None, plane))
         start = stop
     return BytePlanePlan(tuple(plans), dims, NUMPY_TYPES[to], check_crc_attribute(attrs["crc32"], where), where)
 

@@ -99,14 +99,14 @@ def _define_ops() -> None:
         op_type=f"{fmt.DOMAIN}::{fmt.ENTROPY_DECODE}",
         inputs=[PyCustomOpDef.dt_uint8, PyCustomOpDef.dt_int32, PyCustomOpDef.dt_int32, PyCustomOpDef.dt_int64],
         outputs=[PyCustomOpDef.dt_int32],
-        attrs={"format_version": PyCustomOpDef.dt_int64, "crc32": PyCustomOpDef.dt_int64},
+        attrs={a: PyCustomOpDef.dt_int64 for a in OP_ATTRIBUTES[fmt.ENTROPY_DECODE]},
     )
     def entropy_decode(bitstream, frequencies, offset, shape, **attrs):
         attrs = {k: int(v) for k, v in attrs.items()}
         try:
             return _decode_cached([bitstream, frequencies, offset, shape], attrs)
         except OnnxcompError as exc:
-            # onnxruntime reports the message of whatever the op raises; keep it one clear line.
+            # onnxruntime-extensions ends the process on it (module doc): the message at least says why.
             raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
 
     # onnxruntime-extensions fixes a Python op's output type: this op serves float32 outputs;
@@ -115,7 +115,7 @@ def _define_ops() -> None:
         op_type=f"{fmt.DOMAIN}::{fmt.BYTE_PLANE_DECODE}",
         inputs=[PyCustomOpDef.dt_uint8, PyCustomOpDef.dt_int64, PyCustomOpDef.dt_int32, PyCustomOpDef.dt_int64],
         outputs=[PyCustomOpDef.dt_float],
-        attrs={"format_version": PyCustomOpDef.dt_int64, "crc32": PyCustomOpDef.dt_int64, "to": PyCustomOpDef.dt_int64},
+        attrs={a: PyCustomOpDef.dt_int64 for a in OP_ATTRIBUTES[fmt.BYTE_PLANE_DECODE]},
     )
     def byte_plane_decode(bitstream, stream_bytes, frequencies, shape, **attrs):
         attrs = {k: int(v) for k, v in attrs.items()}

@@ -122,12 +122,18 @@ def plan_decode(bitstream, frequencies, offset, shape, *, crc32: int,
             f"{where}: declared shape {list(dims)} ({count} values) is larger than a "
             f"{b.size}-byte bitstream can hold under its table"
         )
+    return DecodePlan(stream_words(b, where), f, lo, dims, check_crc_attribute(crc32, where), where)
+
+
+def stream_words(stream: np.ndarray, where: str) -> np.ndarray:
+    """The uint32 ANS words of a stream's bytes (length already checked divisible by 4); a
+    non-empty stream whose last word is 0 is refused: that word is the high half of a state
+    >= 2**32, never 0 (FORMAT.md section 3)."""
     # A copy, not a view: the file's buffer may be unaligned, and it is small.
-    words = np.frombuffer(b.tobytes(), dtype="<u4").astype(np.uint32)
+    words = np.frombuffer(stream.tobytes(), dtype="<u4").astype(np.uint32)
     if words.size and words[-1] == 0:
-        raise FormatError(f"{where}: bitstream ends in a zero word; an ANS stream's last word is the high half "
-                          f"of a state >= 2**32, never 0")
-    return DecodePlan(words, f, lo, dims, check_crc_attribute(crc32, where), where)
+        raise FormatError(f"{where}: bitstream ends in a zero word (never written by an ANS coder)")
+    return words
 
 
 def check_crc_attribute(crc32: int, where: str) -> int:

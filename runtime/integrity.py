@@ -53,21 +53,7 @@ def _metadata_key_value(f: w.Field) -> tuple[str, str]:
 def domain_version(top: list[w.Field]) -> int | None:
     """The ``ai.onnxcomp`` version the model imports (None: not imported); refuses a version no
     decoder here implements and a domain imported twice."""
-    versions = []
-    for f in top:
-        if f.number != w.MODEL_OPSET_IMPORT:
-            continue
-        w._expect(f, w.LEN, "opset_import")
-        domain, version = "", 1
-        for g in w.parse_fields(f.value):
-            if g.number == w.OPSET_DOMAIN:
-                w._expect(g, w.LEN, "opset_import domain")
-                domain = bytes(g.value).decode("utf-8", errors="replace")
-            elif g.number == w.OPSET_VERSION:
-                w._expect(g, w.VARINT, "opset_import version")
-                version = w._signed64(g.value)
-        if domain == fmt.DOMAIN:
-            versions.append(version)
+    versions = [version for domain, version in w.opset_imports(top) if domain == fmt.DOMAIN]
     if not versions:
         return None
     if len(versions) > 1:

@@ -21,7 +21,7 @@ from onnxcomp.errors import ModelLoadError
 # onnx.proto field numbers used here.
 MODEL_OPSET_IMPORT, MODEL_GRAPH = 8, 7
 OPSET_DOMAIN, OPSET_VERSION = 1, 2
-GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_OUTPUT, GRAPH_VALUE_INFO = 1, 5, 12, 13
+GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_OUTPUT, GRAPH_VALUE_INFO = 1, 5, 11, 12, 13
 NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 3, 4, 5, 7
 ATTR_NAME, ATTR_I, ATTR_S, ATTR_G, ATTR_GRAPHS = 1, 3, 4, 6, 11
 TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_INT32_DATA, TENSOR_INT64_DATA = 1, 2, 5, 7
@@ -279,11 +279,7 @@ def external_tensor(payload: memoryview, base_dir: str | None) -> tuple[str, np.
     fields = parse_fields(payload)
     if not any(f.number == TENSOR_DATA_LOCATION and f.wire_type == VARINT and f.value == 1 for f in fields):
         return None
-    name = ""
-    for f in fields:
-        if f.number == TENSOR_NAME:
-            _expect(f, LEN, "tensor name")
-            name = _text(f.value)
+    name = tensor_name(payload)
     where = f"tensor {name!r}"
     dims, data_type = _dims_and_type(fields, where)
     entries = {}
@@ -380,8 +376,7 @@ DATA_TYPES = {
     17: ("float8e4m3fn", 8), 18: ("float8e4m3fnuz", 8), 19: ("float8e5m2", 8), 20: ("float8e5m2fnuz", 8),
     21: ("uint4", 4), 22: ("int4", 4),
 }
-ATTR_T, ATTR_TENSORS = 5, 10
-GRAPH_INPUT = 11
+ATTR_T = 5
 TYPE_TENSOR, TENSOR_TYPE_ELEM, TENSOR_TYPE_SHAPE, SHAPE_DIM, DIM_VALUE, DIM_PARAM = 1, 1, 2, 1, 1, 2
 VALUE_INFO_TYPE = 2
 
@@ -398,11 +393,7 @@ def tensor_summary(payload: memoryview, where: str) -> TensorSummary:
     """Name, type, shape and size of a TensorProto, read without its data."""
     fields = parse_fields(payload)
     dims, data_type = _dims_and_type(fields, where)
-    name = ""
-    for f in fields:
-        if f.number == TENSOR_NAME:
-            _expect(f, LEN, f"{where}: name")
-            name = _text(f.value)
+    name = tensor_name(payload)
     dtype, bits = DATA_TYPES.get(data_type, (f"type{data_type}", 0))
     count = math.prod(dims)
     nbytes = -(-count * bits // 8)
@@ -422,27 +413,56 @@ def value_info_summary(payload: memoryview) -> tuple[str, str | None, list[int |
         elif f.number == VALUE_INFO_TYPE:
             _expect(f, LEN, "value_info type")
             for t in parse_fields(f.value):
-                if t.number != TYPE_TENSOR or t.wire_type != LEN:
-                    continue  # sequences, maps, optionals: no tensor type to show
-                for g in parse_fields(t.value):
-                    if g.number == TENSOR_TYPE_ELEM:
-                        _expect(g, VARINT, "tensor elem_type")
-                        dtype = DATA_TYPES.get(g.value, (f"type{g.value}", 0))[0]
-                    elif g.number == TENSOR_TYPE_SHAPE:
-                        _expect(g, LEN, "tensor shape")
-                        dims = []
-                        for d in parse_fields(g.value):
-                            if d.number != SHAPE_DIM:
-                                continue
-                            _expect(d, LEN, "shape dim")
-                            dim: int | str = "?"
-                            for v in parse_fields(d.value):
-                                if v.number == DIM_VALUE and v.wire_type == VARINT:
-                                    dim = _signed64(v.value)
-                                elif v.number == DIM_PARAM and v.wire_type == LEN:
-                                    dim = _text(v.value)
-                            dims.append(dim)
+                if t.number == TYPE_TENSOR and t.wire_type == LEN:  # sequences, maps, optionals: no tensor type
+                    dtype, dims = _tensor_type(t.value)
     return name, dtype, dims
+
+
+def _tensor_type(payload: memoryview) -> tuple[str | None, list[int | str] | None]:
+    """(element type, dims) of a TypeProto.Tensor; dims None without a shape."""
+    dtype, dims = None, None
+    for g in parse_fields(payload):
+        if g.number == TENSOR_TYPE_ELEM:
+            _expect(g, VARINT, "tensor elem_type")
+            dtype = DATA_TYPES.get(g.value, (f"type{g.value}", 0))[0]
+        elif g.number == TENSOR_TYPE_SHAPE:
+            _expect(g, LEN, "tensor shape")
+            dims = []
+            for d in parse_fields(g.value):
+                if d.number == SHAPE_DIM:
+                    _expect(d, LEN, "shape dim")
+                    dims.append(_dim(d.value))
+    return dtype, dims
+
+
+def _dim(payload: memoryview) -> int | str:
+    """A TensorShapeProto.Dimension: its value, its symbolic name, or "?" for neither."""
+    dim: int | str = "?"
+    for v in parse_fields(payload):
+        if v.number == DIM_VALUE and v.wire_type == VARINT:
+            dim = _signed64(v.value)
+        elif v.number == DIM_PARAM and v.wire_type == LEN:
+            dim = _text(v.value)
+    return dim
+
+
+def opset_imports(top: list[Field]) -> list[tuple[str, int]]:
+    """(domain, version) of each opset_import of a ModelProto's top-level fields, in file order."""
+    out = []
+    for f in top:
+        if f.number != MODEL_OPSET_IMPORT:
+            continue
+        _expect(f, LEN, "opset_import")
+        domain, version = "", 1
+        for g in parse_fields(f.value):
+            if g.number == OPSET_DOMAIN:
+                _expect(g, LEN, "opset_import domain")
+                domain = _text(g.value)
+            elif g.number == OPSET_VERSION:
+                _expect(g, VARINT, "opset_import version")
+                version = _signed64(g.value)
+        out.append((domain, version))
+    return out
 
 
 def walk_graph(payload: memoryview, depth: int = 1):

@@ -76,12 +76,12 @@ def allocated_bits(weights: list[Weight], candidates: Candidates, changes: dict[
     None when even the finest offset exceeds it. ``fallback`` gives the bits of the tensors not
     allocated (unseen, unmeasured, tables, biases). Returns (bits, final change, estimated latent
     bits)."""
-    seen = {name: c for name, c in changes.items() if name not in unseen_in(changes)}
+    unseen = unseen_in(changes)
+    seen = {name: c for name, c in changes.items() if name not in unseen}
     if not seen:
         return None
     sizes = {w.name: int(w.value.const_value.size) for w in weights if w.name in seen}
     base = base_allocation(sizes, seen, budget)
-    unseen = unseen_in(changes)
     if unseen:
         say(f"allocation: {len(unseen)} tensor(s) move no output on these inputs and keep the uniform bits")
 

@@ -257,8 +257,7 @@ def allocation_on_probes(model: ir.Model, weights: list[Weight], qpass, candidat
         return relative_change(reference, evaluator.batched_outputs(candidate))
 
     budget = change({w.name: int8_like(w) for w in weights}) * qpass.probe_margin + 1e-12
-    names = {w.name for w in allocatable(weights)}
-    changes = sensitivities([w for w in weights if w.name in names], candidates, originals, change)
+    changes = sensitivities(allocatable(weights), candidates, originals, change)
     allocated = allocated_bits(weights, candidates, changes, change, budget, fallback, say)
     return None if allocated is None else (allocated, budget, len(probes))
 
