@@ -98,6 +98,18 @@ class NodeBuilder:
     def name(self, base: str) -> str:
         return unique_name(self.model, base, self.taken)
 
+    @property
+    def opset(self) -> int:
+        """The model's default-domain opset: nodes whose form changed between opsets follow it."""
+        return self.model.opset_imports.get("", 1)
+
+    def split(self, x: ir.Value, sizes: list[int], prefix: str, role: str, *, axis: int) -> tuple[ir.Value, ...]:
+        """Split ``x`` into parts of ``sizes`` along ``axis``: sizes are an input from opset 13,
+        an attribute before (an opset-11 graph rejects the input form)."""
+        if self.opset >= 13:
+            return self.op("Split", [x, self.const(sizes, np.int64)], prefix, role, outputs=len(sizes), axis=axis)
+        return self.op("Split", [x], prefix, role, outputs=len(sizes), axis=axis, split=list(sizes))
+
     def const(self, value, dtype=np.float32, name: str = "onnxcomp.const") -> ir.Value:
         return new_initializer(self.model.graph, self.name(name), np.asarray(value, dtype=dtype))
 

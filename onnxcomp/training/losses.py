@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxcomp.data import Split
 from onnxcomp.errors import DataError
-from onnxcomp.metrics import class_axis
+from onnxcomp.metrics import class_axis, fixed_batch
 
 LAMBDA_INPUT = "onnxcomp.lambda"
 LABELS_INPUT = "onnxcomp.labels"
@@ -65,7 +65,7 @@ def resolve_loss(loss: str, train: Split, teacher: Teacher, who: str, temperatur
     """``loss`` with "auto" resolved (ce when the train split has labels, else distill), checked
     against the model's first output on two samples."""
     kind = loss if loss != "auto" else ("ce" if train.labels is not None else "distill")
-    probe = teacher.logits(train.take(slice(0, 2)).inputs)
+    probe = teacher.logits(train.take(slice(0, fixed_batch(teacher.session) or 2)).inputs)
     if probe.ndim < 2:
         raise DataError(f"model output of shape {probe.shape} has no class axis: {who}'s losses need [N, classes, ...]")
     if kind == "ce":
@@ -136,12 +136,19 @@ def loss_graph(model: onnx.ModelProto, rate_output: str, num_params: int, task: 
         g.input.append(helper.make_tensor_value_info(TEACHER_INPUT, TensorProto.FLOAT, dims))
         consts.update({"onnxcomp.loss.inv_t": 1.0 / task.temperature, "onnxcomp.loss.neg_t2": -task.temperature**2})
         axis = task.class_axis
-        g.initializer.append(numpy_helper.from_array(np.array([axis], np.int64), "onnxcomp.loss.class_axis"))
+        opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 1)
+        if opset >= 13:  # ReduceSum's axes became an input in opset 13
+            g.initializer.append(numpy_helper.from_array(np.array([axis], np.int64), "onnxcomp.loss.class_axis"))
+            per_sample = helper.make_node("ReduceSum", ["onnxcomp.loss.cross", "onnxcomp.loss.class_axis"],
+                                          ["onnxcomp.loss.per_sample"], keepdims=0)
+        else:
+            per_sample = helper.make_node("ReduceSum", ["onnxcomp.loss.cross"], ["onnxcomp.loss.per_sample"],
+                                          axes=[axis], keepdims=0)
         nodes += [
             helper.make_node("Mul", [logits.name, "onnxcomp.loss.inv_t"], ["onnxcomp.loss.scaled"]),
             helper.make_node("LogSoftmax", ["onnxcomp.loss.scaled"], ["onnxcomp.loss.log_p"], axis=axis),
             helper.make_node("Mul", [TEACHER_INPUT, "onnxcomp.loss.log_p"], ["onnxcomp.loss.cross"]),
-            helper.make_node("ReduceSum", ["onnxcomp.loss.cross", "onnxcomp.loss.class_axis"], ["onnxcomp.loss.per_sample"], keepdims=0),
+            per_sample,
             helper.make_node("ReduceMean", ["onnxcomp.loss.per_sample"], ["onnxcomp.loss.mean"], keepdims=0),
             helper.make_node("Mul", ["onnxcomp.loss.mean", "onnxcomp.loss.neg_t2"], ["onnxcomp.loss.task"]),
         ]

@@ -173,5 +173,5 @@ class FinetunePass(CompressionPass):
         ctx = self.context
         trainer = EprTrainer(proto, spec, ctx.data.train, ctx.data.val, self.train_options(lam), seed=ctx.seed,
                              teacher=teacher, say=ctx.say, progress=ctx.progress)
-        ctx.say(f"  training with lambda {lam:g}: {trainer.total_steps} steps of {self.batch}, loss {trainer.task.kind}")
+        ctx.say(f"  training with lambda {lam:g}: {trainer.total_steps} steps of {trainer.batch}, loss {trainer.task.kind}")
         return trainer.run(workspace.run(f"lambda-{lam:g}", trainer.fingerprint))

@@ -110,7 +110,7 @@ def _factorized_graph(b: NodeBuilder, y: ir.Value, params: dict[str, ir.Value], 
         if i < layers - 1:
             gate = b.op("Tanh", [params[f"a{i}"]], prefix, ROLE)
             z = b.op("Add", [z, b.op("Mul", [gate, b.op("Tanh", [z], prefix, ROLE)], prefix, ROLE)], prefix, ROLE)
-    lower, upper = b.op("Split", [z, b.const([n, n], np.int64)], prefix, ROLE, outputs=2, axis=1)
+    lower, upper = b.split(z, [n, n], prefix, ROLE, axis=1)
     # Flip to the side where the sigmoids are accurate: sign = -sign(lower + upper), made from a
     # bool condition so no gradient flows through it (and no Sign op is needed).
     positive = b.op("Greater", [b.op("Add", [lower, upper], prefix, ROLE), b.const(0.0)], prefix, ROLE)

@@ -28,6 +28,7 @@ from onnxcomp.metrics import error_rate, predictions, truth_rows
 from onnxcomp.passes.epr.form import EprSpec, latent_entropy_bits
 from onnxcomp.training.losses import LAMBDA_INPUT, Teacher, loss_graph, placeholder_targets, resolve_loss, task_feed
 from onnxcomp.training.session import TrainingSession, generate_artifacts
+from onnxcomp.training.trainable import fixed_batch, trainable_form, training_sample
 from onnxcomp.training.workspace import RunDir, fingerprint
 
 EVAL_BATCH = 500
@@ -90,8 +91,16 @@ class EprTrainer:
         self.spec, self.train, self.val, self.o = spec, train, val, options
         self.seed, self.teacher, self.say, self.progress = seed, teacher, say, progress
         self.task = resolve_loss(options.loss, train, teacher, "finetune", options.temperature)
-        self.graph = loss_graph(model, spec.rate_output, spec.num_params, self.task)
-        self.steps_per_epoch = math.ceil(len(train) / options.batch)
+        # A model exported for a fixed batch trains on batches of exactly that size.
+        self.fixed_batch = fixed_batch(model, train.inputs)
+        self.batch = self.fixed_batch or options.batch
+        if self.fixed_batch and self.batch != options.batch:
+            say(f"  the model's inputs have a fixed batch of {self.batch}: training on batches of {self.batch}")
+        sample = training_sample(model, train.inputs, {spec.noise_input: np.zeros(spec.num_params, np.float32)})
+        self.form = trainable_form(model, sample, list(train.inputs), list(spec.trainable), "finetune")
+        say(f"  {self.form.summary()}")
+        self.graph = loss_graph(self.form.model, spec.rate_output, spec.num_params, self.task)
+        self.steps_per_epoch = math.ceil(len(train) / self.batch)
         self.total_steps = max(1, round(options.epochs * self.steps_per_epoch))
         # What a saved state must match to be resumed: the graph, the data, the seed, the options.
         self.fingerprint = fingerprint(self.graph.SerializeToString(), [asdict(options), seed, len(train)], train)
@@ -123,7 +132,7 @@ class EprTrainer:
         while session.steps < self.total_steps:
             epoch, position = divmod(session.steps, self.steps_per_epoch)
             sums = {"task": 0.0, "rate": 0.0, "n": 0}
-            for batch_index, batch in enumerate(batches(self.train, self.o.batch, shuffle_seed=self.seed * 1000 + epoch)):
+            for batch_index, batch in enumerate(batches(self.train, self.batch, shuffle_seed=self.seed * 1000 + epoch)):
                 if batch_index < position:
                     continue  # resumed mid-epoch: these batches were trained before the interruption
                 if session.steps >= self.total_steps:
@@ -189,9 +198,13 @@ class EprTrainer:
             truth = truth_rows(split.labels)
         else:
             if self._reference is None:
-                self._reference = predictions(self.teacher.logits, split, EVAL_BATCH, axis)
+                self._reference = predictions(self.teacher.logits, split, self._eval_batch, axis)
             truth = self._reference
-        return error_rate(predictions(predict, split, EVAL_BATCH, axis), truth)
+        return error_rate(predictions(predict, split, self._eval_batch, axis), truth)
+
+    @property
+    def _eval_batch(self) -> int:
+        return self.fixed_batch or EVAL_BATCH
 
     def _epoch_row(self, session: TrainingSession, epoch: int, sums: dict) -> dict:
         params = session.parameters(trainable_only=True)

@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcomp.data import Split, batches
 from onnxcomp.errors import TrainingError
 from onnxcomp.training.losses import LAMBDA_INPUT, TaskLoss, Teacher, loss_graph, task_feed
+from onnxcomp.training.trainable import fixed_batch, trainable_form, training_sample
 from onnxcomp.training.session import TrainingSession, generate_artifacts
 
 REG_OUTPUT = "onnxcomp.wfn.regularizer"
@@ -123,6 +124,7 @@ class RoundResult:
     step_seconds: float             # median
     task_loss: float                # mean over the round
     regularizer: float              # mean over the round
+    form: str = ""                  # what the trainable form rewrote (TrainableForm.summary)
 
 
 def retrain_round(model: onnx.ModelProto, values: dict[str, np.ndarray], fixed: dict[str, np.ndarray],
@@ -133,17 +135,20 @@ def retrain_round(model: onnx.ModelProto, values: dict[str, np.ndarray], fixed: 
     graph = masked_graph(model, values, fixed, centres, options.tau, use_reg)
     if not use_reg:
         _zero_rate(graph)
-    graph = loss_graph(graph, REG_OUTPUT, 1, task)
-    steps_per_epoch = math.ceil(len(train) / options.batch)
+    free = [f"{n}.free" for n in values]
+    form = trainable_form(graph, training_sample(graph, train.inputs, {}), list(train.inputs), free, "weight-fix")
+    graph = loss_graph(form.model, REG_OUTPUT, 1, task)
+    batch_size = fixed_batch(model, train.inputs) or options.batch  # a fixed-batch export takes nothing else
+    steps_per_epoch = math.ceil(len(train) / batch_size)
     total = max(1, round(options.epochs * steps_per_epoch))
     with tempfile.TemporaryDirectory(prefix="onnxcomp-wfn-") as tmp:
-        artifacts = generate_artifacts(graph, [f"{n}.free" for n in values], [], Path(tmp), weight_decay=options.weight_decay)
+        artifacts = generate_artifacts(graph, free, [], Path(tmp), weight_decay=options.weight_decay)
         session = TrainingSession(artifacts, lr=options.lr, seed=seed, threads=options.threads)
         reg_weight = None
         times, task_sum, reg_sum = [], 0.0, 0.0
         epoch = 0
         while session.steps < total:
-            for batch in batches(train, options.batch, shuffle_seed=(seed * 1000 + round_index) * 1000 + epoch):
+            for batch in batches(train, batch_size, shuffle_seed=(seed * 1000 + round_index) * 1000 + epoch):
                 if session.steps >= total:
                     break
                 start = time.perf_counter()
@@ -166,7 +171,7 @@ def retrain_round(model: onnx.ModelProto, values: dict[str, np.ndarray], fixed: 
         trained = session.parameters(trainable_only=True)
     n = max(1, len(times))
     return RoundResult({name: trained[f"{name}.free"] for name in values}, session.steps,
-                       float(np.median(times)) if times else float("nan"), task_sum / n, reg_sum / n)
+                       float(np.median(times)) if times else float("nan"), task_sum / n, reg_sum / n, form.summary())
 
 
 def _reg_weight(beta: float, task: float, reg: float) -> float:

@@ -294,6 +294,7 @@ class _Fixer:
         t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
         rounds = len(p.schedule)
         options = RetrainOptions(p.epochs, p.lr, p.batch, p.tau, p.beta, p.threads, p.weight_decay)
+        said_form = ""
         for t in range(len(history), rounds):
             share = p.schedule[t]
             target = int(round(share * flat.size))
@@ -305,6 +306,9 @@ class _Fixer:
                 centres = np.union1d(candidates(gamma0, float(np.abs(flat).max()), 0), flat[fixed])
                 result = retrain_round(self.proto, self._split(flat), self._split(fixed), centres, self.data.train,
                                        self.teacher, options, self.task, seed=ctx.seed, round_index=t)
+                if result.form and not said_form:  # every round builds the same form: say it once
+                    ctx.say(f"  {result.form}")
+                    said_form = result.form
                 trained = np.concatenate([result.values[n].ravel() for n in self.names]).astype(np.float32)
                 flat = np.where(fixed, flat, trained)
                 row.update(steps=result.steps, median_step_ms=round(1000 * result.step_seconds, 3),
