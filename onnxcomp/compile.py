@@ -168,8 +168,45 @@ def validation_metrics(original: bytes, compressed: str, val) -> dict[str, Any]:
         metrics["val_error_original"] = evaluate_session(before, val)
         metrics["val_error"] = evaluate_session(after, val)
     else:
-        metrics["val_disagreement"] = disagreement(before, after, val)
+        metrics.update(output_change(original, before, after, val))
+        if "classes" not in {k["kind"] for k in metrics.get("outputs", {}).values()}:
+            try:  # the first output's arg-max, where it has an axis to take it on: decisions flipped
+                metrics["val_disagreement"] = disagreement(before, after, val)
+            except Exception:  # noqa: BLE001 - a rank-1 or integer first output has no decisions
+                pass
     return metrics
+
+
+def output_change(original: bytes, before, after, val) -> dict[str, Any]:
+    """Without labels: every output's kind and change on ``val`` and the task change, as the
+    training passes measure them (``onnxcomp.training.outputs``)."""
+    import onnx
+
+    from onnxcomp.data import batches
+    from onnxcomp.errors import DataError
+    from onnxcomp.metrics import session_batch
+    from onnxcomp.training.outputs import ChangeMeter, infer_kinds
+
+    names = [o.name for o in before.get_outputs()]
+    inputs = [i.name for i in before.get_inputs()]
+    size = session_batch(before, 256)
+    meter = None
+    for b in batches(val, size):
+        feed = {n: b.inputs[n] for n in inputs}
+        ref = dict(zip(names, before.run(None, feed)))
+        if meter is None:
+            try:
+                kinds = infer_kinds(onnx.ModelProto.FromString(original), ref, len(b))
+            except DataError:
+                return {}  # no output to judge (all integer, or no weight reaches them)
+            meter = ChangeMeter(kinds)
+        meter.add(ref, dict(zip(names, after.run(None, feed))))
+    if meter is None:
+        return {}
+    per_output = meter.per_output()
+    return {"outputs": {k.name: {"kind": k.kind, "axis": k.axis, "change": per_output.get(k.name), "why": k.why}
+                        for k in kinds},
+            "val_task_change": meter.task_change()}
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

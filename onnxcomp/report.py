@@ -136,6 +136,8 @@ def summary_table(report: dict[str, Any]) -> str:
     m = report.get("metrics") or {}
     if "val_error_original" in m:
         rows.append(["val error", f"{100 * m['val_error_original']:.2f}%", f"{100 * m['val_error']:.2f}%"])
+    if "val_task_change" in m:
+        rows.append(["val task change (outputs' kinds)", "-", f"{100 * m['val_task_change']:.2f}%"])
     if "val_disagreement" in m:
         rows.append(["val predictions changed", "-", f"{100 * m['val_disagreement']:.2f}%"])
     top = format_table(["", "original", "compressed"], rows)

@@ -19,6 +19,8 @@ op, two consumers of its output; ``bench/corpus/trainability.py`` measures the c
 - wrong with symbolic dims: AveragePool with a symbolic batch, MaxPool with symbolic H/W ("Can
   broadcast 0 by 0 or 1" in a neighbour's gradient); both fine with fixed dims;
 - LayerNormalization without its optional Mean/InvStdDev outputs breaks the gradient builder;
+- ReduceSumSquare has no gradient builder; LSTM and GRU gradients take the forward direction only;
+- a Reshape to a shape computed at run time breaks the backward pass of broadcasts after it;
 - training mode switches behaviour: Dropout drops, inference-form BatchNormalization uses batch
   statistics. Distilling a frozen network wants neither.
 
@@ -26,6 +28,7 @@ So the form pins every non-batch dim of the data inputs to the samples' (all sam
 share a shape), and rewrites:
 
     HardSigmoid -> Clip(a x + b, 0, 1)         HardSwish -> x Clip(x / 6 + 1/2, 0, 1)
+    ReduceSumSquare -> ReduceSum(x x)          ReduceMax/ReduceMin -> MaxPool over the reduced axes
     Softplus -> Relu(x) + Log(1 + Exp(-|x|))   Softsign -> x / (1 + |x|)
     Elu/Selu/Celu -> Where/Min forms over Exp(Min(x, 0)) (no inf * 0 in the backward pass)
     ThresholdedRelu -> Where(x > a, x, 0)      PRelu -> Relu(x) - slope Relu(-x)
@@ -37,6 +40,11 @@ share a shape), and rewrites:
     InstanceNormalization -> ReduceMean forms    Sum -> Adds    Dropout -> removed
     BatchNormalization (inference, constant statistics) -> Mul + Add
     LayerNormalization -> given its optional outputs
+    LSTM/GRU bidirectional or reverse -> forward ones (the backward half on the time-reversed
+              sequence): LSTMGrad/GRUGrad take the forward direction only
+    QuantizeLinear -> DequantizeLinear (per tensor) -> com.microsoft FakeQuant: ORT training's
+              own QDQ fusion fails when the pair shares its zero-point initializer
+    Reshape to a shape computed from the data -> a constant shape (batch as -1)
 
 Every rewritten node's output keeps its name, so the check compares the rewritten graph with the
 original value by value on the samples; a rewrite that does not reproduce its node (relative
@@ -84,6 +92,10 @@ class TrainableForm:
     pinned: dict[str, list] = field(default_factory=dict)  # input -> dims after pinning
     worst_change: float = 0.0  # largest relative change of a rewritten value on the samples
     converted_from: int | None = None  # the graph's opset when it had to be converted
+    # Extra scalar initializers (value 0) the caller must train beside its own: they put a
+    # recurrence's constant weights on a gradient path (LSTMGrad crashes otherwise); their
+    # trained values are meaningless and never leave training.
+    anchors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{op} x{n}" if n > 1 else op for op, n in sorted(self.rewritten.items())]
@@ -118,7 +130,7 @@ def trainable_form(model: onnx.ModelProto, sample: Mapping[str, np.ndarray], dat
     # The check runs on fewer samples than the rewrites read shapes from, so a rewrite that
     # baked the batch size in (a frozen Reshape target) fails it instead of passing by luck.
     check_sample = _fewer(out, sample, data_inputs)
-    rewriter = _Rewriter(out, values, batch=_batch_of(out, sample, data_inputs))
+    rewriter = _Rewriter(out, values, batch=_batch_of(out, sample, data_inputs), trainable=trainable)
     new_nodes: list[onnx.NodeProto] = []
     for node in out.graph.node:
         replacement = rewriter.rewrite(node)
@@ -133,6 +145,9 @@ def trainable_form(model: onnx.ModelProto, sample: Mapping[str, np.ndarray], dat
         out.graph.node.extend(new_nodes)
         out.graph.initializer.extend(rewriter.initializers)
         rewriter.bypass_removed(out)
+        form.anchors = list(rewriter.anchors)
+        if any(n.domain == "com.microsoft" for n in new_nodes) and not any(o.domain == "com.microsoft" for o in out.opset_import):
+            out.opset_import.append(helper.make_opsetid("com.microsoft", 1))  # FakeQuant
         form.worst_change = _check(out, check_sample, reference, rewriter.checked, who)
     _refuse_untrainable(out, trainable, who)
     return form
@@ -271,6 +286,9 @@ def _refuse_untrainable(model: onnx.ModelProto, trainable: list[str], who: str) 
         reached.update(o for o in node.output if o)
         if node.op_type in NO_GRADIENT and node.domain in ("", "ai.onnx"):
             blocked.append(f"{node.name or node.output[0]} ({node.op_type}: {NO_GRADIENT[node.op_type]})")
+        elif node.op_type in ("LSTM", "GRU") and _attr(node, "direction", b"forward") not in (b"forward", "forward"):
+            blocked.append(f"{node.name or node.output[0]} ({node.op_type}: its gradient kernel takes the forward "
+                           "direction only; rewritten only without sequence_lens, activation_alpha/beta, layout 1)")
     if blocked:
         shown = "; ".join(blocked[:8]) + (f"; and {len(blocked) - 8} more" if len(blocked) > 8 else "")
         raise TrainingError(f"{who}: ONNX Runtime training cannot train through {len(blocked)} node(s) between the "
@@ -291,8 +309,14 @@ class _Rewriter:
     """Rewrites one node at a time into equal differentiable nodes; the last new node writes the
     node's (first) output name, so the check can compare it."""
 
-    def __init__(self, model: onnx.ModelProto, values: dict[str, np.ndarray], batch: int | None) -> None:
+    def __init__(self, model: onnx.ModelProto, values: dict[str, np.ndarray], batch: int | None,
+                 trainable: list[str] = ()) -> None:
         self.model = model
+        self.reached = set(trainable)  # values on a path from a trained tensor (gradients flow there)
+        for n in model.graph.node:
+            if any(i in self.reached for i in n.input):
+                self.reached.update(o for o in n.output if o)
+        self.anchors: list[str] = []
         self.values = values
         self.batch = batch  # the samples' batch size where the model's is free
         self.opset = _opset(model)
@@ -302,6 +326,11 @@ class _Rewriter:
         self.taken = {t.name for t in model.graph.initializer} | {i.name for i in model.graph.input}
         self.taken |= {o for n in model.graph.node for o in n.output} | {n.name for n in model.graph.node}
         self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.absorbed: set[int] = set()  # ids of later nodes an earlier rewrite replaced
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for n in model.graph.node:
+            for name in n.input:
+                self.readers.setdefault(name, []).append(n)
 
     # naming and small builders
     def fresh(self, base: str) -> str:
@@ -322,6 +351,8 @@ class _Rewriter:
     def rewrite(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         if node.domain not in ("", "ai.onnx"):
             return None
+        if id(node) in self.absorbed:
+            return []  # folded into an earlier node's rewrite
         method = getattr(self, f"_{node.op_type}", None)
         if method is None:
             return None
@@ -346,7 +377,7 @@ class _Rewriter:
 
     def axes_op(self, op_type: str, x: str, axes: list[int], output: str | None = None, **attrs) -> str:
         """Unsqueeze/Squeeze/ReduceMean with ``axes`` in the form of the graph's opset."""
-        takes_input = self.opset >= (18 if op_type.startswith("Reduce") else 13)
+        takes_input = self.opset >= (18 if op_type.startswith("Reduce") and op_type != "ReduceSum" else 13)
         if takes_input:
             return self.op(op_type, [x, self.const(np.asarray(axes, np.int64), f"{self.base}/axes")], output, **attrs)
         return self.op(op_type, [x], output, axes=list(axes), **attrs)
@@ -368,6 +399,125 @@ class _Rewriter:
                     node.input[i] = source(name)
         for name in sorted(self.removed.keys() & outputs):
             model.graph.node.append(helper.make_node("Identity", [source(name)], [name], name=self.fresh(f"{name}/identity")))
+
+    # recurrences
+    def _LSTM(self, node):
+        return self._recurrence(node, activations=3, states=2)
+
+    def _GRU(self, node):
+        return self._recurrence(node, activations=2, states=1)
+
+    def _recurrence(self, node, activations: int, states: int):
+        """An LSTM/GRU in the one form whose gradient kernels run in ORT training 1.19 (measured:
+        LSTMGrad rejects any direction but forward, fails to build without initial states, and
+        segfaults unless W, R and B all receive gradients):
+
+        - bidirectional/reverse -> forward ones, the backward half on the time-reversed sequence
+          with its Y reversed back; Y concatenated on the direction axis, final states on axis 0;
+        - absent initial states -> zeros of [1, batch, hidden] (the node's own default);
+        - absent B -> zeros; a W, R or B no trained tensor reaches -> itself plus 0 x an anchor
+          (a zero scalar the caller trains: TrainableForm.anchors).
+        """
+        direction = _attr(node, "direction", b"forward")
+        direction = direction.decode() if isinstance(direction, bytes) else direction
+        if _attr(node, "layout", 0) != 0 or self.values[node.input[0]].dtype != np.float32:
+            return None
+        if direction != "forward" and len(node.input) > 4 and node.input[4]:
+            return None  # per-sequence lengths: reversing needs ReverseSequence (no gradient); named below
+        if _attr(node, "activation_alpha") is not None or _attr(node, "activation_beta") is not None:
+            return None
+        inputs = list(node.input) + [""] * (8 - len(node.input))
+        wanted_states = 2 if node.op_type == "LSTM" else 1
+        if (direction == "forward" and all(inputs[5:5 + wanted_states]) and inputs[3]
+                and all(inputs[i] in self.reached for i in (1, 2, 3))):
+            return None  # already in the trainable form
+        x = node.input[0]
+        steps, batch = self.shape(x)[:2]
+        hidden = int(_attr(node, "hidden_size"))
+        backward = [True] if direction == "reverse" else [False, True] if direction == "bidirectional" else [False]
+        reverse = self.const(np.arange(steps - 1, -1, -1, dtype=np.int64), f"{self.base}/reverse") if any(backward) else None
+        acts = _attr(node, "activations")
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name not in ("direction", "activations")}
+        gates = self.shape(inputs[1])[1]
+        ys, finals = [], [[] for _ in range(states)]
+        for k, flip in enumerate(backward):
+            def part(name: str) -> str:
+                if len(backward) == 1:
+                    return name
+                return self.op("Slice", [name, self.const(np.int64([k]), f"{self.base}/start"),
+                                         self.const(np.int64([k + 1]), f"{self.base}/end"),
+                                         self.const(np.int64([0]), f"{self.base}/axis")])
+            w, r = (self._on_gradient_path(part(inputs[i]), inputs[i]) for i in (1, 2))
+            b = (self._on_gradient_path(part(inputs[3]), inputs[3]) if inputs[3] else
+                 self._on_gradient_path(self.const(np.zeros((1, 2 * gates), np.float32), f"{self.base}/bias"), ""))
+            initial = [part(inputs[5 + i]) if inputs[5 + i] else self._zero_state(x, hidden) for i in range(states)]
+            peephole = [part(inputs[7])] if node.op_type == "LSTM" and inputs[7] else []
+            seq = self.op("Gather", [x, reverse], axis=0) if flip else x
+            lens = [inputs[4]] if inputs[4] else [""]
+            outs = [self.fresh(f"{self.base}/y{k}")] + [self.fresh(f"{self.base}/state{k}_{i}") for i in range(states)]
+            extra = {"activations": list(acts[k * activations:(k + 1) * activations])} if acts else {}
+            self.nodes.append(helper.make_node(node.op_type, [seq, w, r, b] + lens + initial + peephole, outs,
+                                               name=self.fresh(f"{self.base}/{node.op_type}{k}"), direction="forward",
+                                               **attrs, **extra))
+            ys.append(self.op("Gather", [outs[0], reverse], axis=0) if flip else outs[0])
+            for i in range(states):
+                finals[i].append(outs[1 + i])
+        wanted = list(node.output) + [""] * (1 + states - len(node.output))
+        for name, parts, axis in [(wanted[0], ys, 1)] + [(wanted[1 + i], finals[i], 0) for i in range(states)]:
+            if name:
+                self.op("Concat", parts, name, axis=axis) if len(parts) > 1 else self.op("Identity", parts, name)
+        return wanted[0] or self.REMOVED  # Y unread: the states are checked as graph outputs or not at all
+
+    def _zero_state(self, x: str, hidden: int) -> str:
+        """Zeros of [1, batch, hidden] with the batch read from ``x`` at run time (it stays free)."""
+        batch = self.op("Gather", [self.op("Shape", [x]), self.const(np.int64([1]), f"{self.base}/batch_axis")], axis=0)
+        dims = self.op("Concat", [self.const(np.int64([1]), f"{self.base}/one"), batch,
+                                  self.const(np.int64([hidden]), f"{self.base}/hidden")], axis=0)
+        zero = numpy_helper.from_array(np.zeros(1, np.float32), "value")
+        return self.op("ConstantOfShape", [dims], value=zero)
+
+    def _on_gradient_path(self, name: str, source: str) -> str:
+        """``name`` (a part of ``source``) as it is when a trained tensor reaches ``source``,
+        else plus 0 x the anchor."""
+        if source in self.reached:
+            return name
+        if not self.anchors:
+            self.anchors.append(self.const(np.float32(0.0), "onnxcomp.trainable.anchor"))
+        nothing = self.op("Mul", [self.anchors[0], self.scalar(0.0)])
+        return self.op("Add", [name, nothing])
+
+    # quantized activations
+    def _QuantizeLinear(self, node):
+        """A per-tensor QuantizeLinear read only by DequantizeLinear nodes with its scale and zero
+        point -> one com.microsoft FakeQuant (the same values; gradient straight through inside the
+        range). ORT training's own QDQ fusion does this but fails on zero points shared by the pair."""
+        x, scale = node.input[0], node.input[1]
+        zero = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        readers = self.readers.get(node.output[0], [])
+        outputs = {o.name for o in self.model.graph.output}
+        if node.output[0] in outputs or not readers or self.values[x].dtype != np.float32:
+            return None
+        if scale not in self.constants or np.size(self.constants[scale]) != 1:
+            return None
+        zp = self.constants.get(zero) if zero else np.uint8(0)
+        if zp is None or np.size(zp) != 1 or zp.dtype not in (np.uint8, np.int8):
+            return None
+        for reader in readers:
+            same_zero = (reader.input[2] if len(reader.input) > 2 else "") == (zero or "")
+            if reader.op_type != "DequantizeLinear" or reader.input[1] != scale or not same_zero:
+                return None
+        info = np.iinfo(zp.dtype)
+        fq = readers[0].output[0]  # the pair's value keeps its name (the check compares it)
+        self.nodes.append(helper.make_node(
+            "FakeQuant", [x, scale, self.const(np.asarray(zp, np.float32).reshape(()), f"{self.base}/zero_point")],
+            [fq, self.fresh(f"{self.base}/mask")], name=self.fresh(f"{self.base}/FakeQuant"), domain="com.microsoft",
+            quant_min=int(info.min), quant_max=int(info.max)))
+        for reader in readers:
+            self.absorbed.add(id(reader))
+            if reader.output[0] != fq:
+                self.removed[reader.output[0]] = fq  # equal values: readers read the first one's
+        self.checked.append((fq, f"QuantizeLinear/DequantizeLinear pair at {readers[0].name or fq!r}"))
+        return self.REMOVED
 
     # shapes computed at run time
     def _Reshape(self, node):
@@ -578,6 +728,19 @@ class _Rewriter:
         dims = np.asarray([-1, *out_shape[1:]], np.int64)  # the batch axis stays free
         shaped = self.op("Reshape", [pooled, self.const(dims, f"{self.base}/out_shape")], None if negate else y)
         return self.op("Neg", [shaped], y) if negate else shaped
+
+    def _ReduceSumSquare(self, node):
+        x, y = node.input[0], node.output[0]
+        axes = _attr(node, "axes")
+        if len(node.input) > 1 and node.input[1]:
+            axes = self.constants.get(node.input[1], self.values.get(node.input[1]))
+            if axes is None:
+                return None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "axes"}
+        square = self.op("Mul", [x, x])
+        if axes is None or len(axes) == 0:
+            return self.op("ReduceSum", [square], y, **attrs)
+        return self.axes_op("ReduceSum", square, [int(a) for a in axes], y, **attrs)
 
     def _GlobalMaxPool(self, node):
         x, y = node.input[0], node.output[0]

@@ -21,6 +21,7 @@ import onnx_ir as ir
 
 from onnxcomp.errors import DataError, PassError
 from onnxcomp.metrics import error_budget
+from onnxcomp.training.outputs import parse_declarations
 from onnxcomp.model_io import to_proto
 from onnxcomp.pass_base import CompressionPass, PassReport, register_pass
 from onnxcomp.passes.epr.form import EprSpec, finalize_epr
@@ -82,6 +83,7 @@ class FinetunePass(CompressionPass):
     lambda_warmup: float = field(default=1.0, metadata={"help": "epochs over which lambda ramps up from 0"})
     loss: str = field(default="auto", metadata={"help": "ce (labels), distill (the original model's outputs), auto = ce when the data has labels"})
     temperature: float = field(default=1.0, metadata={"help": "distillation temperature"})
+    outputs: str = field(default="", metadata={"help": "distill: output kinds overriding the inferred ones, NAME:classes:AXIS / NAME:values / NAME:ignore joined by '/' (see onnxcomp/training/outputs.py)"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints (also one per epoch)"})
     threads: int = field(default=1, metadata={"help": "ORT threads; results are reproducible for a fixed count (0 = all cores)"})
     search_runs: int = field(default=4, metadata={"help": "with an error budget: trainings tried to find lambda"})
@@ -103,6 +105,7 @@ class FinetunePass(CompressionPass):
             raise bad("decay", self.decay, "in [0, 1]")
         if not self.temperature > 0:
             raise bad("temperature", self.temperature, "> 0")
+        parse_declarations(self.outputs)  # a malformed declaration fails before any work
         if self.checkpoint_every < 1:
             raise bad("checkpoint_every", self.checkpoint_every, ">= 1")
         if self.threads < 0:
@@ -116,7 +119,7 @@ class FinetunePass(CompressionPass):
 
     def train_options(self, lam: float) -> TrainOptions:
         return TrainOptions(self.epochs, lam, self.lr, self.batch, self.warmup_steps, self.decay, self.lambda_warmup,
-                            self.loss, self.temperature, self.checkpoint_every, self.threads)
+                            self.loss, self.temperature, self.checkpoint_every, self.threads, self.outputs)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         spec = EprSpec.from_model(model)

@@ -26,7 +26,9 @@ from onnxcomp.data import Split, batches
 from onnxcomp.errors import TrainingError
 from onnxcomp.metrics import error_rate, predictions, truth_rows
 from onnxcomp.passes.epr.form import EprSpec, latent_entropy_bits
-from onnxcomp.training.losses import LAMBDA_INPUT, Teacher, loss_graph, placeholder_targets, resolve_loss, task_feed
+from onnxcomp.training.outputs import parse_declarations
+from onnxcomp.training.losses import (LAMBDA_INPUT, Teacher, change_on, loss_graph, placeholder_targets, resolve_loss,
+                                      task_feed)
 from onnxcomp.training.session import TrainingSession, generate_artifacts
 from onnxcomp.training.trainable import fixed_batch, trainable_form, training_sample
 from onnxcomp.training.workspace import RunDir, fingerprint
@@ -47,6 +49,7 @@ class TrainOptions:
     temperature: float = 1.0
     checkpoint_every: int = 500
     threads: int = 1
+    outputs: str = ""           # declared output kinds (onnxcomp.training.outputs.parse_declarations)
 
 
 @dataclass
@@ -90,7 +93,9 @@ class EprTrainer:
                  seed: int, teacher: Teacher, say: Callable[[str], None], progress: bool) -> None:
         self.spec, self.train, self.val, self.o = spec, train, val, options
         self.seed, self.teacher, self.say, self.progress = seed, teacher, say, progress
-        self.task = resolve_loss(options.loss, train, teacher, "finetune", options.temperature)
+        self.task = resolve_loss(options.loss, train, teacher, "finetune", options.temperature,
+                                 parse_declarations(options.outputs))
+        say(f"  task loss: {self.task.describe()}")
         # A model exported for a fixed batch trains on batches of exactly that size.
         self.fixed_batch = fixed_batch(model, train.inputs)
         self.batch = self.fixed_batch or options.batch
@@ -104,7 +109,7 @@ class EprTrainer:
         self.total_steps = max(1, round(options.epochs * self.steps_per_epoch))
         # What a saved state must match to be resumed: the graph, the data, the seed, the options.
         self.fingerprint = fingerprint(self.graph.SerializeToString(), [asdict(options), seed, len(train)], train)
-        self._reference: np.ndarray | None = None  # the original model's val predictions
+        self._reference: list | None = None  # the original model's val outputs per batch (distill)
 
     def run(self, run_dir: RunDir) -> TrainResult:
         """Train to the end, continuing from ``run_dir``'s checkpoint when it holds one of this run
@@ -115,7 +120,7 @@ class EprTrainer:
             return TrainResult(run_dir.arrays(), state["history"], state["val_error"], state["step"],
                                state["step_seconds"], state["loss"])
         checkpoint = run_dir.path / "checkpoint"
-        artifacts = generate_artifacts(self.graph, self.spec.trainable, [], run_dir.path / "artifacts")
+        artifacts = generate_artifacts(self.graph, list(self.spec.trainable) + self.form.anchors, [], run_dir.path / "artifacts")
         session = TrainingSession(artifacts, lr=self.o.lr, seed=self.seed, threads=self.o.threads,
                                   checkpoint=checkpoint if state else None)
         history: list[dict] = state["history"] if state else []
@@ -166,7 +171,8 @@ class EprTrainer:
             last_good = session.steps
         if bar is not None:
             bar.close()
-        params = session.parameters(trainable_only=True)
+        params = {name: value for name, value in session.parameters(trainable_only=True).items()
+                  if name not in self.form.anchors}
         val = history[-1].get("val_error") if history else None
         step_seconds = float(np.median(step_times)) if step_times else float("nan")
         result = TrainResult(params, history, val, session.steps, step_seconds, self.task.kind)
@@ -181,26 +187,26 @@ class EprTrainer:
         return feed
 
     def evaluate(self, session: TrainingSession, split: Split) -> float:
-        """Error of the rounded model (noise off) on ``split`` (``onnxcomp.metrics``' definition:
-        against its labels, else the share of samples whose predictions differ from the
-        original model's)."""
+        """Error of the rounded model (noise off) on ``split``: against its labels
+        (``onnxcomp.metrics``), else its task change from the original's outputs
+        (``onnxcomp.training.outputs``: share of samples whose classes moved, relative change of values)."""
         zeros = np.zeros(self.spec.num_params, np.float32)
-        axis = self.task.class_axis
 
-        def predict(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        def run(inputs: dict[str, np.ndarray]) -> tuple:
             feed = dict(inputs)
             feed[LAMBDA_INPUT] = np.float32(0.0)
             feed[self.spec.noise_input] = zeros
             feed.update(placeholder_targets(self.task, len(next(iter(inputs.values())))))  # the task output is not read
-            return session.eval(feed)[3]
+            return session.eval(feed)[3:]
 
         if split.labels is not None:
-            truth = truth_rows(split.labels)
-        else:
-            if self._reference is None:
-                self._reference = predictions(self.teacher.logits, split, self._eval_batch, axis)
-            truth = self._reference
-        return error_rate(predictions(predict, split, self._eval_batch, axis), truth)
+            axis = self.task.class_axis
+            return error_rate(predictions(lambda inputs: run(inputs)[0], split, self._eval_batch, axis),
+                              truth_rows(split.labels))
+        names = [k.name for k in self.task.judged]
+        change, self._reference = change_on(split, self.task, self.teacher, lambda inputs: dict(zip(names, run(inputs))),
+                                            self._eval_batch, self._reference)
+        return change
 
     @property
     def _eval_batch(self) -> int:
@@ -217,7 +223,8 @@ class EprTrainer:
         self.say(f"  epoch {epoch + 1}/{math.ceil(self.total_steps / self.steps_per_epoch)}: task {row['task_loss']:.4f}, "
                  f"rate {row['graph_rate_bits_per_weight']:.3f} bits/weight (noisy), latents "
                  f"{row['entropy_bits_per_weight']:.3f} bits/weight ({row['estimated_bytes'] / 1000:.1f} KB)"
-                 + (f", val error {100 * row['val_error']:.2f}%" if "val_error" in row else ""))
+                 + (f", val {'error' if self.val.labels is not None else 'change'} {100 * row['val_error']:.2f}%"
+                    if "val_error" in row else ""))
         return row
 
     def _bar(self, start: int):

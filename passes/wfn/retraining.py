@@ -142,7 +142,7 @@ def retrain_round(model: onnx.ModelProto, values: dict[str, np.ndarray], fixed: 
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total = max(1, round(options.epochs * steps_per_epoch))
     with tempfile.TemporaryDirectory(prefix="onnxcomp-wfn-") as tmp:
-        artifacts = generate_artifacts(graph, free, [], Path(tmp), weight_decay=options.weight_decay)
+        artifacts = generate_artifacts(graph, free + form.anchors, [], Path(tmp), weight_decay=options.weight_decay)
         session = TrainingSession(artifacts, lr=options.lr, seed=seed, threads=options.threads)
         reg_weight = None
         times, task_sum, reg_sum = [], 0.0, 0.0

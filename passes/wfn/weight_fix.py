@@ -33,12 +33,13 @@ from onnxcomp.errors import DataError, PassError
 from onnxcomp.graph.edit import all_names, new_initializer, replace_initializer, unique_name
 from onnxcomp.graph.forms import training_form
 from onnxcomp.graph.weights import find_weights
-from onnxcomp.metrics import error_budget, split_error
+from onnxcomp.metrics import error_budget, fixed_batch, split_error
+from onnxcomp.training.outputs import parse_declarations
 from onnxcomp.model_io import to_proto
 from onnxcomp.pass_base import CompressionPass, PassReport, register_pass
 from onnxcomp.passes.wfn.clustering import PAPER_SCHEDULE, CodebookStats, candidates, fix_round, threshold
 from onnxcomp.passes.wfn.retraining import RetrainOptions, retrain_round
-from onnxcomp.training.losses import LOSSES, Teacher, resolve_loss
+from onnxcomp.training.losses import LOSSES, Teacher, change_on, resolve_loss
 from onnxcomp.training.workspace import RunDir, Trial, Workspace, fingerprint, search_budget
 
 CODEBOOK = "onnxcomp.codebook"
@@ -66,6 +67,7 @@ class WeightFixPass(CompressionPass):
     tau: float = field(default=0.05, metadata={"help": "softmin temperature of the regularizer"})
     beta: float = field(default=0.4, metadata={"help": "regularizer held at beta times the task loss (0: off)"})
     loss: str = field(default="auto", metadata={"help": "ce (labels), distill (the original model's outputs), auto = ce when the data has labels"})
+    outputs: str = field(default="", metadata={"help": "distill: output kinds overriding the inferred ones, NAME:classes:AXIS / NAME:values / NAME:ignore joined by '/' (see onnxcomp/training/outputs.py)"})
     batchnorm: bool = field(default=False, metadata={"help": "also fix BatchNormalization scales/shifts that normalize did not fold"})
     threads: int = field(default=1, metadata={"help": "ORT threads; results are reproducible for a fixed count (0 = all cores)"})
     fill: bool = field(default=True, metadata={"help": "every round fixes its full share: what no centre takes within the threshold goes to its nearest centre and is retrained around (false: only the last round forces)"})
@@ -73,6 +75,7 @@ class WeightFixPass(CompressionPass):
 
     def validate_options(self) -> None:
         bad = self.option_error
+        parse_declarations(self.outputs)  # a malformed declaration fails before any work
         s = self.schedule
         text = ":".join(f"{x:g}" for x in s)
         if not s:
@@ -243,9 +246,11 @@ class _Fixer:
         self.teacher = Teacher(ctx.original_model.SerializeToString()) if ctx.original_model is not None else None
         self.task = None
         if self.data is not None and self.data.train is not None and self.teacher is not None:
-            self.task = resolve_loss(p.loss, self.data.train, self.teacher, "weight-fix")
+            self.task = resolve_loss(p.loss, self.data.train, self.teacher, "weight-fix", declared=parse_declarations(p.outputs))
+            ctx.say(f"  task loss: {self.task.describe()}")
         elif p.epochs > 0:
             raise PassError("weight-fix: the compile context has no original model (the teacher and error baseline)")
+        self._val_reference: list | None = None  # the original's val outputs per batch (distill)
         self.names = list(start)
         self.shapes = {n: start[n].shape for n in self.names}
         self.sizes = [start[n].size for n in self.names]
@@ -269,7 +274,18 @@ class _Fixer:
 
         session = ort.InferenceSession(apply_parameters(self.proto, values).SerializeToString(), session_options(1),
                                        providers=["CPUExecutionProvider"])
-        return split_error(session, self.data.val, self.teacher.session if self.teacher else None)
+        if self.data.val.labels is not None or self.task is None or self.task.kind == "ce":
+            return split_error(session, self.data.val, self.teacher.session if self.teacher else None)
+        # Without labels: the task change from the original's outputs (onnxcomp.training.outputs).
+        names = [o.name for o in session.get_outputs()]
+        inputs = [i.name for i in session.get_inputs()]
+
+        def predict(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return dict(zip(names, session.run(None, {n: batch[n] for n in inputs})))
+
+        change, self._val_reference = change_on(self.data.val, self.task, self.teacher, predict,
+                                                fixed_batch(self.teacher.session) or 256, self._val_reference)
+        return change
 
     def fingerprint(self, gamma0: float, order: int) -> str:
         options = {f.name: getattr(self.p, f.name) for f in self.p.options() if f.name != "search_runs"}

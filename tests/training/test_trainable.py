@@ -64,6 +64,7 @@ CASES = {
                                          ceil_mode=1, count_include_pad=0)),
     "ReduceMax": lambda: conv_then(one("ReduceMax", axes=[2, 3], keepdims=1)),
     "ReduceMin": lambda: conv_then(one("ReduceMin", axes=[1], keepdims=0)),
+    "ReduceSumSquare": lambda: conv_then(one("ReduceSumSquare", axes=[1, 3], keepdims=1)),
     "GlobalMaxPool": lambda: conv_then(one("GlobalMaxPool")),
     "Resize": lambda: conv_then(one("Resize", ("h", "", "scales"), mode="linear"), [const("scales", np.float32([1, 1, 2, 1.5]))]),
     "ConvTranspose": lambda: conv_then(one("ConvTranspose", ("h", "wt", "bt"), strides=[2, 2], pads=[1, 1, 1, 1],
@@ -187,3 +188,79 @@ def test_a_node_reading_a_graph_input_directly_is_rewritten():
     form = trainable_form(model, {"x": sample(3)}, ["x"], ["w"], "test")
     assert form.rewritten["GlobalMaxPool"] == 1
     np.testing.assert_allclose(run(form.model, sample(4, seed=5)), run(model, sample(4, seed=5)), rtol=1e-5)
+
+
+def recurrent(op: str, direction: str, gates: int, outputs=("y", "y_h")) -> onnx.ModelProto:
+    """x [T, N, 3] -> MatMul(weight "w") -> op (hidden 4) -> outputs."""
+    d = 2 if direction == "bidirectional" else 1
+    inits = [const("w", RNG.standard_normal((3, 3)).astype(np.float32)),
+             const("W", RNG.standard_normal((d, gates * 4, 3)).astype(np.float32) * 0.5),
+             const("R", RNG.standard_normal((d, gates * 4, 4)).astype(np.float32) * 0.5),
+             const("B", RNG.standard_normal((d, 2 * gates * 4)).astype(np.float32) * 0.1),
+             const("h0", RNG.standard_normal((d, 3, 4)).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node(op, ["h", "W", "R", "B", "", "h0"], list(outputs), name="rnn", direction=direction, hidden_size=4)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 3, 3])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs if o], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("op, direction, gates, h0", [("LSTM", "bidirectional", 4, True), ("LSTM", "reverse", 4, True),
+                                                      ("LSTM", "forward", 4, False), ("GRU", "bidirectional", 3, True),
+                                                      ("GRU", "reverse", 3, False), ("GRU", "forward", 3, True)])
+def test_a_recurrence_becomes_the_form_its_gradient_kernel_runs(op, direction, gates, h0, tmp_path):
+    model = recurrent(op, direction, gates)
+    if not h0:
+        model.graph.node[1].input[5] = ""
+    x = np.random.default_rng(4).standard_normal((5, 3, 3)).astype(np.float32)
+    form = trainable_form(model, {"x": x}, ["x"], ["w"], "test")
+    assert form.rewritten[op] == 1
+    assert {_direction(n) for n in form.model.graph.node if n.op_type == op} == {"forward"}
+    x2 = np.random.default_rng(5).standard_normal((5, 3, 3)).astype(np.float32)
+    for a, b in zip(_run_all(model, x2), _run_all(form.model, x2)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    loss_model = onnx.ModelProto.FromString(form.model.SerializeToString())
+    g = loss_model.graph
+    g.node.extend([helper.make_node("Mul", ["y", "y"], ["sq"]), helper.make_node("ReduceMean", ["sq"], ["loss"], keepdims=0)])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("loss", TensorProto.FLOAT, []))
+    assert form.anchors == ["onnxcomp.trainable.anchor"]  # W, R, B are constants here: LSTMGrad needs them trained
+    session = TrainingSession(generate_artifacts(loss_model, ["w", *form.anchors], [], tmp_path / "a"), lr=0.01)
+    before = session.parameters(trainable_only=True)["w"]
+    session.step({"x": x2})
+    assert not np.array_equal(before, session.parameters(trainable_only=True)["w"])
+
+
+def test_a_bidirectional_recurrence_with_sequence_lengths_is_named():
+    model = recurrent("LSTM", "bidirectional", 4)
+    model.graph.node[1].input[4] = "lens"
+    model.graph.initializer.append(const("lens", np.int32([5, 4, 5])))
+    with pytest.raises(TrainingError, match=r"rnn \(LSTM: its gradient kernel takes the forward direction only"):
+        trainable_form(model, {"x": np.ones((5, 3, 3), np.float32)}, ["x"], ["w"], "test")
+
+
+def _direction(node) -> str:
+    value = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "direction"), b"forward")
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _run_all(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+def test_a_quantize_dequantize_pair_becomes_fake_quant_and_trains(tmp_path):
+    nodes = [helper.make_node("QuantizeLinear", ["h", "s", "zp"], ["q"], name="q"),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["d"], name="dq"),
+             helper.make_node("Relu", ["d"], ["y"])]
+    model = conv_then(nodes, [const("s", np.float32(0.02)), const("zp", np.uint8(100))])
+    form = trainable_form(model, {"x": sample(3)}, ["x"], ["w"], "test")
+    assert form.rewritten == {"QuantizeLinear": 1, "DequantizeLinear": 1}
+    assert [n.op_type for n in form.model.graph.node].count("FakeQuant") == 1
+    x = sample(4, seed=6)
+    np.testing.assert_array_equal(run(form.model, x), run(model, x))
+    before, after = one_training_step(form.model, tmp_path)
+    assert not np.array_equal(before, after)
