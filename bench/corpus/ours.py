@@ -8,6 +8,7 @@ Runs in the MAIN venv. Pipelines (``--pipelines``; default ptq calib lossless):
 - ``calib``: ``ptq --data calib.npz`` (the model's calibration inputs, no labels): the same search
   against onnxruntime int8's output change on those inputs, GPTQ rounding;
 - ``lossless``: preset lossless (outputs must be bit-identical: ``perfect`` must be true);
+- ``epr``, ``wfn``: the learned methods trained on calib.npz (``TRAINED``: distillation);
 - the ladder: ``ptq-small``, ``ptq-tiny`` (presets) and ``peak8``/``peak6``/``peak5`` (fixed steps
   on int8's grid), for the size-against-task plot (plot.py).
 Each compress runs as a subprocess of the CLI (wall time measured); a failure is a row with the
@@ -40,6 +41,13 @@ PIPELINES.update(LEVELS)
 # Calibrated: the same search against int8's output change, on the model's calib.npz (real inputs,
 # no labels) instead of probe inputs.
 CALIBRATED = {"calib": "ptq"}
+# The learned methods on the same unlabeled calib.npz (distillation from the original under the
+# inferred output kinds; onnxcomp/training/outputs.py): ~100 training samples, batch 8.
+TRAINED = {
+    "epr": "normalize,epr-reparam,finetune{epochs=40 batch=8},pack",
+    "wfn": "normalize,weight-fix{epochs=4 batch=8},pack",
+}
+CALIBRATED.update(TRAINED)
 PIPELINES.update(CALIBRATED)
 KEEP = ("metric_name", "metric", "higher_is_better", "perfect")
 
@@ -60,7 +68,11 @@ def compress(name: str, kind: str) -> dict:
     rep = json.load(open(report))
     row.update(file_bytes=os.path.getsize(out) + sum(os.path.getsize(os.path.join(M.out_dir(name), f))
                                                       for f in os.listdir(M.out_dir(name)) if f.startswith(f"ours-{kind}.onnx.data")),
-               bits_per_param=round(rep["bits_per_param"], 3), search=rep.get("search"))
+               bits_per_param=round(rep["bits_per_param"], 3), search=rep.get("search"),
+               val_task_change=(rep.get("metrics") or {}).get("val_task_change"))
+    train = rep.get("training") or rep.get("weight_fixing")
+    if train:  # the learned methods: how training went (step time, the last validation)
+        row["training"] = {k: train.get(k) for k in ("loss", "steps", "median_step_ms", "val_error") if k in train}
     try:
         r = task.evaluate(name, out)
         row.update({k: r.get(k) for k in KEEP})

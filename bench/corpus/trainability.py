@@ -51,7 +51,10 @@ def probe(name: str, method: str) -> dict:
     row = {"name": name, "method": method, "exit": code, "seconds": round(time.perf_counter() - start, 1)}
     form = re.search(r"training form: (.*)", log + err)
     row["form"] = form.group(1).strip() if form else None
-    row["trains"] = code == 0
+    row["trains"] = code == 0 and row["form"] is not None  # exit 0 with no training form: nothing trained
+    if code == 0 and row["form"] is None:
+        skipped = re.search(r"(\w+ weight left as is \([^)]*\))", log + err)
+        row["error"] = "exit 0 but nothing trained" + (f": {skipped.group(1)}" if skipped else "")
     if code != 0:
         lines = [line.strip() for line in (err or log).strip().splitlines() if line.strip()]
         row["error"] = lines[-1][:400] if lines else f"exit {code}, no message"
