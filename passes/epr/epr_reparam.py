@@ -46,7 +46,7 @@ from onnxcomp.pass_base import CompressionPass, register_pass
 from onnxcomp.passes.epr.form import (DECODER, FIXED_POINT, LATENT_FACTOR, LATENT_LIMIT, METADATA_KEY, NOISE_INPUT, RATE,
                                       RATE_OUTPUT, ROUND_OFFSET, TRAIN, EprSpec, EprTensor)
 from onnxcomp.passes.epr.priors import PRIORS
-from onnxcomp.passes.quantize.step_rule import step_for
+from onnxcomp.passes.quantize.step_rule import INT8_LEVELS, step_for
 
 
 def dct_matrix(n: int) -> np.ndarray:
@@ -69,7 +69,8 @@ class EprReparamPass(CompressionPass):
     summary = "weights -> trainable latents + decoders + rate under a learned prior (train with finetune)"
 
     prior: str = field(default="factorized", metadata={"help": "learned prior per tensor: factorized (Balle 2018) or logistic (cheaper steps: ~4x on dense nets)"})
-    bits: float = field(default=2.0, metadata={"help": "initial step from the RD rule of quantize, in 6.02 dB units"})
+    start: str = field(default="auto", metadata={"help": "initial steps: rule (quantize's RD rule at bits, per tensor), ptq (per channel, the steps quantize's default search picks: output change within int8's, on the --data inputs), auto = ptq when the train split has no labels (distillation), else rule"})
+    bits: float = field(default=2.0, metadata={"help": "initial step from the RD rule of quantize, in 6.02 dB units (start=rule)"})
     bias_bits: float = field(default=2.0, metadata={"help": "extra initial bits for biases"})
     per_channel: bool = field(default=False, metadata={"help": "one learned step per output channel (else per tensor: 4 B per channel saved)"})
     conv_decoder: str = field(default="affine", metadata={"help": "conv kernels: affine, or dct (learned HWxHW decoder initialised to the inverse DCT)"})
@@ -80,6 +81,8 @@ class EprReparamPass(CompressionPass):
             raise PipelineError(f"pass 'epr-reparam': option prior={self.prior!r} must be one of {sorted(PRIORS)}")
         if self.conv_decoder not in ("affine", "dct"):
             raise PipelineError(f"pass 'epr-reparam': option conv_decoder={self.conv_decoder!r} must be affine or dct")
+        if self.start not in ("auto", "rule", "ptq"):
+            raise PipelineError(f"pass 'epr-reparam': option start={self.start!r} must be auto, rule or ptq")
         if not 0.0 < self.bits <= 16.0:
             raise PipelineError(f"pass 'epr-reparam': option bits={self.bits} must be in (0, 16]")
         if not 0.0 <= self.bias_bits <= 16.0:
@@ -97,6 +100,10 @@ class EprReparamPass(CompressionPass):
         if not weights:
             raise NothingToCompressError(
                 "epr-reparam: the model has no float32 weight initializer feeding Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN")
+        self._start_bits = self._ptq_bits(model, weights) if self.start_from() == "ptq" else None
+        if self._start_bits is not None:
+            mean = sum(self._start_bits.values()) / len(self._start_bits)
+            self.context.say(f"  initial steps from ptq's search, per channel (mean {mean:.2f} bits on int8's grid)")
         rng = np.random.default_rng(self.context.seed)
         b = NodeBuilder(model, all_names(model))
         total = sum(int(np.prod(w.shape)) for w in weights)
@@ -121,20 +128,71 @@ class EprReparamPass(CompressionPass):
         mark_training_form(model, "epr-finalize")
         return ir.passes.PassResult(model, True)
 
+    def start_from(self) -> str:
+        """``start`` with auto resolved. Why labels decide: the rule's coarse start (2 bits per
+        tensor) is recovered from only by long training on many labeled samples (the LeNets:
+        ~10k steps on 50k labels); a few hundred unlabeled inputs give ~1k steps, from which a
+        deep net never comes back (oww-embedding: cosine 0.60 after training from the rule,
+        0.997 from ptq's steps; BENCHMARKS.md, issue 12)."""
+        if self.start != "auto":
+            return self.start
+        data = self.context.data
+        train = None if data is None else data.train
+        return "ptq" if train is not None and train.labels is None else "rule"
+
+    def _ptq_bits(self, model: ir.Model, weights: list[Weight]) -> dict[str, float]:
+        """Per-weight bits of quantize's default search (output change within int8's weights' or,
+        with --data, onnxruntime int8's on those inputs): EPR then trains from a point as good as
+        ptq's instead of the LeNet-era rule, which is far coarser than deep nets tolerate."""
+        from onnxcomp.pass_base import make_pass
+        from onnxcomp.passes.quantize.probes import search_bits_on_probes
+
+        qpass = make_pass("quantize", {})
+        qpass.context = self.context
+        qpass._stats = {}
+        data = self.context.data
+        calibration = None if data is None else data.train if data.train is not None else data.val
+        if calibration is not None:
+            from onnxcomp.passes.quantize.layer_stats import input_covariances
+
+            # The steps ptq picks with its own rounding (GPTQ with data): coarser than nearest
+            # rounding allows at the same output change; training then learns the rounding.
+            qpass._stats = input_covariances(model, weights, calibration)
+        bits = search_bits_on_probes(model, weights, qpass, self.context)
+        self._qpass = qpass
+        if bits is None:  # the model cannot be probed: the rule, per channel, at int8's grid
+            return {w.name: 8.0 for w in weights}
+        return bits
+
     def _reparam(self, model, b: NodeBuilder, w: Weight, noise: ir.Value, offset: int, rng, decoders) -> tuple[EprTensor, ir.Value]:
         graph, name = model.graph, w.name
         array = w.value.const_value.numpy().astype(np.float32)
         shape = list(array.shape)
         n = int(array.size)
-        bits = self.bits + (self.bias_bits if w.role == "bias" else 0.0)
-        axes = w.channel_axes if self.per_channel and w.role == "weight" else ()
-        step = step_for(array, axes, bits)
+        start_k = None
+        if self._start_bits is not None:
+            # ptq's choice, per channel on int8's grid; never finer than the latents can hold
+            axes = w.channel_axes
+            finest = step_for(array, axes, 8.0, grid="peak") * INT8_LEVELS / LATENT_LIMIT
+            step = np.maximum(step_for(array, axes, self._start_bits[w.name], grid="peak"), finest).astype(np.float32)
+            if np.array_equal(step, step_for(array, axes, self._start_bits[w.name], grid="peak")):
+                # ptq's own rounding (GPTQ with data) as the starting latents: the start is the
+                # calibrated ptq model itself, not nearest rounding at its steps
+                k, ptq_step, _ = self._qpass.quantize(w, self._start_bits[w.name])
+                if np.array_equal(ptq_step, step):
+                    start_k = k.astype(np.float64)
+        else:
+            bits = self.bits + (self.bias_bits if w.role == "bias" else 0.0)
+            axes = w.channel_axes if self.per_channel and w.role == "weight" else ()
+            step = step_for(array, axes, bits)
         use_dct = self.conv_decoder == "dct" and w.role == "weight" and array.ndim == 4 and array.shape[2] * array.shape[3] > 1
         if use_dct:
             kh, kw = array.shape[2], array.shape[3]
             basis = inverse_dct_2d(kh, kw)
             coefficients = (array.reshape(-1, kh * kw).astype(np.float64) @ basis.T).reshape(array.shape)
             x0 = coefficients / step  # orthonormal: the coefficients have the kernels' rms
+        elif start_k is not None:
+            x0 = start_k
         else:
             x0 = array.astype(np.float64) / step
         x0 = np.clip(x0, -LATENT_LIMIT, LATENT_LIMIT)

@@ -127,9 +127,25 @@ class EprTrainer:
         if state:
             self.say(f"  resuming at step {session.steps} of {self.total_steps} from {run_dir.path}")
 
+        # Distilling on a few hundred unlabeled inputs, training can end worse on held-out inputs
+        # than where it started (a deep net overfits ~100 samples): keep the smallest epoch whose
+        # val change is no worse than the start's (from ptq's steps: calibrated ptq itself), else
+        # the start. With labels the last epoch is kept, as before.
+        keep_best = self.task.kind == "distill" and self.val is not None and self.val.labels is None
+        best = state.get("best") if state else None
+        best_params = run_dir.arrays() if best is not None else None
+        if keep_best and best is None:
+            start_params = self._own(session.parameters(trainable_only=True))
+            best = {"epoch": 0, "val_error": self.evaluate(session, self.val),
+                    "estimated_bytes": latent_entropy_bits(self.spec, start_params) / 8.0}
+            best_params = start_params
+            self.say(f"  start: val change {100 * best['val_error']:.2f}%, latents {best['estimated_bytes'] / 1000:.1f} KB; "
+                     "keeping the smallest epoch no worse than that")
+
         def save() -> None:
             session.save_checkpoint(checkpoint)
-            run_dir.save({"step": session.steps, "history": history})
+            run_dir.save({"step": session.steps, "history": history, "best": best},
+                         arrays=best_params if keep_best else None)
 
         step_times: list[float] = []
         last_good = session.steps
@@ -147,7 +163,7 @@ class EprTrainer:
                 session.set_lr(lr_at(step, self.total_steps, self.o))
                 feed = self._feed(batch, lambda_at(step, self.steps_per_epoch, self.o), noise_at(self.seed, step, self.spec.num_params))
                 try:
-                    _, task, rate, _ = session.step(feed)
+                    _, task, rate = session.step(feed)[:3]
                 except TrainingError as failure:
                     raise TrainingError(
                         f"{failure}; stopped. The last good checkpoint (step {last_good}) is kept in {run_dir.path}; "
@@ -166,19 +182,30 @@ class EprTrainer:
                     last_good = session.steps
             if sums["n"] == 0:
                 continue
-            history.append(self._epoch_row(session, epoch, sums))
+            row = self._epoch_row(session, epoch, sums)
+            history.append(row)
+            if keep_best and row["val_error"] <= best["val_error"] and row["estimated_bytes"] < best["estimated_bytes"]:
+                best = {"epoch": row["epoch"], "val_error": row["val_error"], "estimated_bytes": row["estimated_bytes"]}
+                best_params = self._own(session.parameters(trainable_only=True))
             save()
             last_good = session.steps
         if bar is not None:
             bar.close()
-        params = {name: value for name, value in session.parameters(trainable_only=True).items()
-                  if name not in self.form.anchors}
+        params = self._own(session.parameters(trainable_only=True))
         val = history[-1].get("val_error") if history else None
+        if keep_best:
+            params, val = best_params, best["val_error"]
+            self.say(f"  kept {'the start' if best['epoch'] == 0 else 'epoch ' + str(best['epoch'])}: val change "
+                     f"{100 * val:.2f}%, latents {best['estimated_bytes'] / 1000:.1f} KB")
         step_seconds = float(np.median(step_times)) if step_times else float("nan")
         result = TrainResult(params, history, val, session.steps, step_seconds, self.task.kind)
         run_dir.save({"done": True, "step": result.steps, "history": history, "val_error": val,
                       "step_seconds": step_seconds, "loss": result.loss}, arrays=params)
         return result
+
+    def _own(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The trained parameters that are the graph's (not the trainable form's anchors)."""
+        return {name: value for name, value in params.items() if name not in self.form.anchors}
 
     def _feed(self, batch: Split, lam: float, noise: np.ndarray) -> dict[str, np.ndarray]:
         feed = task_feed(batch, self.task, self.teacher)

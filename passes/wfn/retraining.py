@@ -155,11 +155,11 @@ def retrain_round(model: onnx.ModelProto, values: dict[str, np.ndarray], fixed: 
                 feed = task_feed(batch, task, teacher)
                 if reg_weight is None:  # first step: scale from a forward pass at the start values
                     feed[LAMBDA_INPUT] = np.float32(0.0)
-                    _, task0, reg0, _ = session.eval(feed)
+                    _, task0, reg0 = session.eval(feed)[:3]
                     reg_weight = _reg_weight(options.beta, float(task0), float(reg0))
                 feed[LAMBDA_INPUT] = np.float32(reg_weight)
                 try:
-                    _, task_value, reg, _ = session.step(feed)
+                    _, task_value, reg = session.step(feed)[:3]
                 except TrainingError as failure:
                     raise TrainingError(f"weight-fix round {round_index + 1}: {failure}; check the data for NaN/inf "
                                         "or lower weight-fix{lr=..}") from failure

@@ -194,3 +194,38 @@ def test_pack_refuses_the_training_form_and_names_the_pass_that_ends_it():
     assert not [k for k in model.metadata_props if k.startswith("onnxcomp.")]  # nothing of training is left
     with pytest.raises(PassError, match="epr-finalize: the model is not an epr-reparam training graph"):
         parse_pipeline("epr-finalize").run(ir.serde.deserialize_model(tiny_mlp()), CompileContext(progress=False))
+
+
+def test_start_ptq_takes_quantizes_per_channel_steps_and_auto_follows_the_labels(mlp_input):
+    from onnxcomp.data import Data, Split
+    from onnxcomp.graph.weights import find_weights
+    from onnxcomp.passes.quantize.step_rule import step_for
+
+    proto = tiny_mlp()
+    quantized = ir.serde.deserialize_model(proto)
+    notes = CompileContext(progress=False)
+    parse_pipeline("normalize,quantize").run(quantized, notes)
+    model = reparam(proto, "{start=ptq}")
+    spec = EprSpec.from_model(model)
+    weights = {w.name: w for w in find_weights(ir.serde.deserialize_model(proto))[0]}
+    for t in spec.tensors:
+        array = weights[t.name].value.const_value.numpy()
+        bits = notes.tensor_notes[t.name]["bits"]
+        axes = weights[t.name].channel_axes  # per output channel (a bias: one step)
+        expected = np.log(np.maximum(step_for(array, axes, bits, grid="peak"),
+                                     step_for(array, axes, 8.0, grid="peak") * 127 / 255))
+        got = model.graph.initializers[t.log_step].const_value.numpy()
+        np.testing.assert_allclose(got.reshape(-1), expected.reshape(-1).astype(np.float32), rtol=1e-6)
+    # The ptq start is as close to the original as quantize's own steps: within int8's change.
+    reference = run(proto, mlp_input)[0]
+    at_start = run(to_proto(model), feeds(model, mlp_input))[0]
+    rule = reparam(proto, "{start=rule}")
+    coarse = run(to_proto(rule), feeds(rule, mlp_input))[0]
+    assert np.abs(at_start - reference).max() < 0.25 * np.abs(coarse - reference).max()
+    pass_ = parse_pipeline("epr-reparam").passes[0]
+    x = mlp_input["x"]
+    for labels, start in ((None, "ptq"), (np.zeros(len(x), np.int64), "rule")):
+        pass_.context = CompileContext(progress=False, data=Data("test", Split({"x": x}, labels), None, None))
+        assert pass_.start_from() == start
+    with pytest.raises(PipelineError, match="start='best'"):
+        parse_pipeline("epr-reparam{start=best}")

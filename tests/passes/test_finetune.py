@@ -152,3 +152,25 @@ def test_options_parse_and_print_back():
     assert str(parse_pipeline("epr")) == "normalize,epr-reparam,finetune,pack"
     with pytest.raises(Exception, match="option loss=mse must be one of auto, ce, distill"):
         parse_pipeline("finetune{loss=mse}")
+
+
+def test_distilling_starts_at_ptq_and_never_keeps_an_epoch_worse_on_val_than_the_start(mlp, digits, tmp_path):
+    """Unlabeled data: epr-reparam starts from ptq's steps and rounding, and a training that only
+    hurts (a learning rate far too high) ends at that start, bit for bit."""
+    with np.load(digits) as arrays:
+        unlabeled = {k: arrays[k] for k in arrays.files if not k.endswith("labels")}
+    np.savez(tmp_path / "unlabeled.npz", **unlabeled)
+    data = str(tmp_path / "unlabeled.npz")
+    lines = []
+    report = compress(mlp, tmp_path / "out.onnx", "normalize,epr-reparam,finetune{epochs=2 lr=0.5 lambda=30},pack",
+                      data=data, progress=True, say=lines.append)
+    assert report["training"]["loss"] == "distill"
+    assert any("initial steps from ptq's search" in line for line in lines)
+    assert any(line.strip().startswith("kept the start") for line in lines), lines[-5:]
+    start = compress(mlp, tmp_path / "start.onnx", "normalize,epr-reparam,epr-finalize,pack", data=data, progress=False)
+    assert report["payload_bytes"] == start["payload_bytes"]
+    x = unlabeled["val/x"][:64].astype(np.float32)
+    import onnxcomp.runtime as rt
+    got = rt.InferenceSession(str(tmp_path / "out.onnx")).run(None, {"x": x})[0]
+    want = rt.InferenceSession(str(tmp_path / "start.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
