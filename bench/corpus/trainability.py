@@ -4,7 +4,8 @@ did the trainable form rewrite, and which op blocks it where it does not.
 One real training step per method and model, through the CLI (a subprocess per run: a crash in
 onnxruntime is a row, not the end of the table), on the model's unlabeled calib.npz (distillation):
 
-    EPR: normalize,epr-reparam,finetune{epochs=E batch=4},pack
+    EPR: normalize,epr-reparam{start=ptq},finetune{epochs=E batch=4},pack   (start=ptq: the default
+         for unlabeled data, explicit so already-quantized models train too)
     WFN: normalize,weight-fix{schedule=0.5:1 epochs=E batch=4},pack
 
 E is chosen so that about one step runs (a corpus calib split has ~100 training samples). The
@@ -31,7 +32,7 @@ import models as M  # noqa: E402
 
 ONE_STEP_EPOCHS = 0.02  # ~100 training samples / batch 4 = 25 steps per epoch -> 1 step
 PIPELINES = {
-    "epr": f"normalize,epr-reparam,finetune{{epochs={ONE_STEP_EPOCHS} batch=4}},pack",
+    "epr": f"normalize,epr-reparam{{start=ptq}},finetune{{epochs={ONE_STEP_EPOCHS} batch=4}},pack",
     "wfn": f"normalize,weight-fix{{schedule=0.5:1 epochs={ONE_STEP_EPOCHS} batch=4}},pack",
 }
 TIMEOUT_S = 1800

@@ -195,3 +195,13 @@ def find_weights(model: ir.Model) -> tuple[list[Weight], list[str]]:
         axes = axes_seen.pop() if len(axes_seen) == 1 and role == "weight" else ()
         found.append(Weight(value, role, axes, [f"{n.op_type} {n.name or '?'}" for n, *_ in uses]))
     return found, sorted(set(skipped))
+
+
+def already_int8(model: ir.Model) -> str:
+    """What makes ``model`` an already quantized one ("" if nothing): activation quantizers
+    (QuantizeLinear, DynamicQuantizeLinear) or integer weights of quantized ops."""
+    quantizers = sum(1 for n in model.graph if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")
+                     and n.domain in ("", "com.microsoft"))
+    integer = len(quantized_weights(model))
+    parts = [f"{quantizers} activation quantizers"] * bool(quantizers) + [f"{integer} integer weights"] * bool(integer)
+    return ", ".join(parts)

@@ -41,7 +41,7 @@ import onnx_ir as ir
 from onnxcomp.errors import NothingToCompressError, PassError, PipelineError
 from onnxcomp.graph.edit import NodeBuilder, all_names, new_initializer, replace_initializer
 from onnxcomp.graph.forms import mark_training_form, training_form
-from onnxcomp.graph.weights import Weight, find_weights
+from onnxcomp.graph.weights import Weight, already_int8, find_weights
 from onnxcomp.pass_base import CompressionPass, register_pass
 from onnxcomp.passes.epr.form import (DECODER, FIXED_POINT, LATENT_FACTOR, LATENT_LIMIT, METADATA_KEY, NOISE_INPUT, RATE,
                                       RATE_OUTPUT, ROUND_OFFSET, TRAIN, EprSpec, EprTensor)
@@ -100,6 +100,13 @@ class EprReparamPass(CompressionPass):
         if not weights:
             raise NothingToCompressError(
                 "epr-reparam: the model has no float32 weight initializer feeding Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN")
+        if self.start == "auto" and self.start_from() == "ptq" and (q := already_int8(model)):
+            # ptq's own rule (quantize.py): the float tensors of an already-quantized model feed
+            # re-quantized activations, where any change moves decisions (smart-turn-v3: 7 of
+            # its eval decisions flipped after EPR from ptq's steps, 0 under ptq, which keeps them).
+            raise NothingToCompressError(
+                f"epr-reparam: the model is already quantized ({q}); distilling its float weights moves its "
+                "decisions, which ptq keeps exact (-p ptq); epr-reparam{start=ptq} trains them anyway")
         self._start_bits = self._ptq_bits(model, weights) if self.start_from() == "ptq" else None
         if self._start_bits is not None:
             mean = sum(self._start_bits.values()) / len(self._start_bits)

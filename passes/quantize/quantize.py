@@ -43,7 +43,7 @@ import onnx_ir as ir
 
 from onnxcomp.errors import NothingToCompressError, PipelineError
 from onnxcomp.graph.edit import all_names, new_initializer, replace_initializer, unique_name
-from onnxcomp.graph.weights import Weight, find_weights, quantized_weights
+from onnxcomp.graph.weights import Weight, already_int8, find_weights, quantized_weights
 from onnxcomp.pass_base import CompressionPass, register_pass
 from onnxcomp.passes.quantize.step_rule import RD_SLOPE, decode_dtype, dequantize, quantize_array, step_for
 
@@ -176,16 +176,6 @@ class QuantizePass(CompressionPass):
         if self.rdo_strength <= 0:
             return "nearest"
         return "rdo-weighted" if stats is not None and self.importance else "rdo"
-
-
-def already_int8(model: ir.Model) -> str:
-    """What makes ``model`` an already quantized one ("" if nothing): activation quantizers
-    (QuantizeLinear, DynamicQuantizeLinear) or integer weights of quantized ops."""
-    quantizers = sum(1 for n in model.graph if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")
-                     and n.domain in ("", "com.microsoft"))
-    integer = len(quantized_weights(model))
-    parts = [f"{quantizers} activation quantizers"] * bool(quantizers) + [f"{integer} integer weights"] * bool(integer)
-    return ", ".join(parts)
 
 
 def _row_step(view, step: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -310,6 +310,12 @@ def test_float_weights_of_a_statically_quantized_model_stay_exact_by_default(tmp
     assert any("already quantized (1 activation quantizers)" in line for line in report["notes"])
     feeds = {"x": rng.normal(0, 1, (16, 64)).astype(np.float32)}
     np.testing.assert_array_equal(rt.InferenceSession(str(tmp_path / "c.onnx")).run(None, feeds)[0], run(proto, feeds)[0])
+    # EPR distilling it would move what ptq keeps exact: refused by default, named.
+    from onnxcomp.errors import NothingToCompressError
+
+    np.savez(tmp_path / "calib.npz", x=rng.normal(0, 1, (80, 64)).astype(np.float32))
+    with pytest.raises(NothingToCompressError, match=r"already quantized .*ptq keeps exact.*start=ptq"):
+        compress(tmp_path / "qdq.onnx", tmp_path / "e.onnx", "epr", data=str(tmp_path / "calib.npz"), progress=False)
     quantized = compress(tmp_path / "qdq.onnx", tmp_path / "q.onnx", "normalize,quantize{bits=6},pack", progress=False)
     assert quantized["payload_bytes"] < report["payload_bytes"]  # asked for: quantized
 
