@@ -11,6 +11,13 @@ This module imports nothing heavy: the deploy-only runtime (``onnxcomp.runtime``
 from __future__ import annotations
 
 
+def first_line(failure: BaseException) -> str:
+    """The first line of a third-party exception's message (onnxruntime's and onnx's carry C++
+    context after it), or its type's name when it has none: what an error message quotes."""
+    text = str(failure).strip()
+    return text.splitlines()[0] if text else type(failure).__name__
+
+
 class OnnxcompError(Exception):
     """Base class of every error onnxcomp raises on purpose."""
 

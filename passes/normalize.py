@@ -24,7 +24,7 @@ from onnx_ir.passes.common import (
     RemoveInitializersFromInputsPass,
 )
 
-from onnxcomp.errors import ModelError
+from onnxcomp.errors import ModelError, first_line
 from onnxcomp.graph.edit import const_array, remove_unused_initializers, set_initializer, unique_name
 from onnxcomp.pass_base import CompressionPass, register_pass
 
@@ -74,7 +74,7 @@ def fix_versions(model: ir.Model) -> bool:
     except Exception as exc:
         raise ModelError(
             f"opset {opset} is outside the {MIN_OPSET}..{MAX_OPSET} onnxruntime 1.19 runs and converting it to "
-            f"{target} failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            f"{target} failed: {first_line(exc)}"
         ) from None
     new = ir.serde.deserialize_model(converted)
     # Replace the model's contents in place: passes mutate the object they were given.

@@ -31,6 +31,7 @@ from onnxcomp.data import Split, batches
 from onnxcomp.errors import DataError
 from onnxcomp.metrics import class_axis, fixed_batch
 from onnxcomp.training.outputs import ChangeMeter, OutputKind, infer_kinds, value_scales
+from onnxcomp.training.trainable import default_opset
 
 LAMBDA_INPUT = "onnxcomp.lambda"
 LABELS_INPUT = "onnxcomp.labels"
@@ -167,7 +168,7 @@ def loss_graph(model: onnx.ModelProto, rate_output: str, num_params: int, task: 
     after it (see the module doc)."""
     out = onnx.ModelProto.FromString(model.SerializeToString())
     g = out.graph
-    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = default_opset(out)
     by_name = {o.name: o for o in g.output}
     rate = by_name[rate_output]
     lam = helper.make_tensor_value_info(LAMBDA_INPUT, TensorProto.FLOAT, [])

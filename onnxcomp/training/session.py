@@ -35,7 +35,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from onnxcomp.errors import TrainingError
+from onnxcomp.errors import TrainingError, first_line
 from onnxcomp.model_io import load_proto
 
 _NO_GRADIENT = re.compile(r"gradient builder has not been registered: (\S+)")
@@ -309,10 +309,9 @@ def _explain_failure(failure: Exception, model: onnx.ModelProto, log: str) -> Tr
             f"op {op_type} has no gradient builder in ONNX Runtime training (nodes {nodes}); "
             "rewrite it with differentiable ops or keep it off the path from loss to trainables"
         )
-    first_line = text.strip().splitlines()[0] if text.strip() else type(failure).__name__
     problems = [line for line in log.splitlines() if "[E:" in line or "[W:" in line]
     detail = f"; ORT log: {problems[-1]}" if problems else ""
-    return TrainingError(f"generate_artifacts failed for graph {model.graph.name!r}: {first_line}{detail}")
+    return TrainingError(f"generate_artifacts failed for graph {model.graph.name!r}: {first_line(failure)}{detail}")
 
 
 @contextlib.contextmanager

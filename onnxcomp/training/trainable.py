@@ -62,7 +62,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp.errors import TrainingError
+from onnxcomp.errors import TrainingError, first_line
 
 CHECK_TOLERANCE = 1e-4  # relative L2 change of a rewritten value (float32 reassociation is ~1e-7)
 OUTPUT_TOLERANCE = 1e-3  # of a graph output: ~1e-7 per rewritten node compounds through a deep net
@@ -117,7 +117,7 @@ def trainable_form(model: onnx.ModelProto, sample: Mapping[str, np.ndarray], dat
     ``sample`` (a feed of every graph input: a few samples of the ``data_inputs``, whose batch
     axis stays free, and whatever else the graph takes, such as noise)."""
     out = _at_training_opset(model, who)
-    form = TrainableForm(out, converted_from=_opset(model) if _opset(out) != _opset(model) else None)
+    form = TrainableForm(out, converted_from=default_opset(model) if default_opset(out) != default_opset(model) else None)
     _pin_inputs(out, {name: sample[name] for name in data_inputs}, form)
     del out.graph.value_info[:]  # exporters' symbolic intermediate shapes would contradict the pins
     values = _all_values(out, sample, who)
@@ -172,20 +172,20 @@ def _fewer(model: onnx.ModelProto, sample: Mapping[str, np.ndarray], data_inputs
 TRAINING_OPSET = 17  # gradient builders emit opset-13+ nodes (Clip's LessOrEqual): older graphs are converted
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default (ai.onnx) domain a ModelProto imports."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
 def _at_training_opset(model: onnx.ModelProto, who: str) -> onnx.ModelProto:
-    opset = _opset(model)
+    opset = default_opset(model)
     if opset >= 13:
         return onnx.ModelProto.FromString(model.SerializeToString())
     try:
         return onnx.version_converter.convert_version(model, TRAINING_OPSET)
     except Exception as failure:
-        first = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
         raise TrainingError(f"{who}: the graph is opset {opset}; ONNX Runtime training's gradients need opset 13 or "
-                            f"newer and converting it to {TRAINING_OPSET} failed: {first}") from None
+                            f"newer and converting it to {TRAINING_OPSET} failed: {first_line(failure)}") from None
 
 
 # --- pinning and reference values -----------------------------------------------------------------
@@ -221,43 +221,36 @@ def _session(model: onnx.ModelProto):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def _run_with_outputs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray], extra: list[str],
+                      failed: str) -> dict[str, np.ndarray]:
+    """``model`` run on ``sample`` with ``extra`` values made graph outputs too; every value it
+    returned, by name, plus the graph inputs fed. A failure is a TrainingError starting ``failed``."""
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    known = {o.name for o in probe.graph.output}
+    for name in extra:
+        if name and name not in known:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+            known.add(name)
+    try:
+        session = _session(probe)
+        feed = {i.name: sample[i.name] for i in session.get_inputs()}
+        return {**feed, **dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))}
+    except Exception as failure:
+        raise TrainingError(f"{failed}: {first_line(failure)}") from None
+
+
 def _all_values(model: onnx.ModelProto, sample: Mapping[str, np.ndarray], who: str) -> dict[str, np.ndarray]:
     """Every main-graph value on ``sample``, by name: the shapes rewrites need and the reference
     the check compares with."""
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    known = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
-        for name in node.output:
-            if name and name not in known:
-                probe.graph.output.append(onnx.ValueInfoProto(name=name))
-                known.add(name)
-    try:
-        session = _session(probe)
-        names = [o.name for o in session.get_outputs()]
-        feed = {i.name: sample[i.name] for i in session.get_inputs()}
-        return {**feed, **dict(zip(names, session.run(None, feed)))}  # graph inputs are values too
-    except Exception as failure:
-        first = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
-        raise TrainingError(f"{who}: the graph to train does not run on the training samples: {first}") from None
+    return _run_with_outputs(model, sample, [name for node in model.graph.node for name in node.output],
+                             f"{who}: the graph to train does not run on the training samples")
 
 
 def _check(model: onnx.ModelProto, sample, reference: dict[str, np.ndarray], checked: list[tuple[str, str]],
            who: str) -> float:
     """Run the rewritten graph and compare every rewritten node's value and every graph output
     with the original's; returns the largest relative change."""
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    outputs = {o.name for o in probe.graph.output}
-    for name, _ in checked:
-        if name not in outputs:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-            outputs.add(name)
-    try:
-        session = _session(probe)
-        got = dict(zip([o.name for o in session.get_outputs()],
-                       session.run(None, {i.name: sample[i.name] for i in session.get_inputs()})))
-    except Exception as failure:
-        first = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
-        raise TrainingError(f"{who}: the rewritten training graph does not run: {first}") from None
+    got = _run_with_outputs(model, sample, [name for name, _ in checked], f"{who}: the rewritten training graph does not run")
     worst = 0.0
     tolerance = {name: CHECK_TOLERANCE for name, _ in checked}
     for name, what in checked + [(o.name, "graph output") for o in model.graph.output]:
@@ -319,7 +312,7 @@ class _Rewriter:
         self.anchors: list[str] = []
         self.values = values
         self.batch = batch  # the samples' batch size where the model's is free
-        self.opset = _opset(model)
+        self.opset = default_opset(model)
         self.initializers: list[onnx.TensorProto] = []
         self.checked: list[tuple[str, str]] = []
         self.removed: dict[str, str] = {}  # output -> input of removed pass-through nodes

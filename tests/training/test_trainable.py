@@ -148,7 +148,7 @@ def test_an_opset_11_graph_is_converted():
              helper.make_node("Add", ["a", "b"], ["y"])]
     form = trainable_form(conv_then(nodes, opset=11), {"x": sample(3)}, ["x"], ["w"], "test")
     assert form.converted_from == 11
-    assert trainable._opset(form.model) == trainable.TRAINING_OPSET
+    assert trainable.default_opset(form.model) == trainable.TRAINING_OPSET
     assert "opset 11 -> 17" in form.summary()
 
 
