@@ -185,24 +185,24 @@ def output_change(original: bytes, before, after, val) -> dict[str, Any]:
     from onnxcomp.data import batches
     from onnxcomp.errors import DataError
     from onnxcomp.metrics import session_batch
-    from onnxcomp.training.outputs import ChangeMeter, infer_kinds
+    from onnxcomp.training.outputs import infer_kinds, measure_change
 
     names = [o.name for o in before.get_outputs()]
     inputs = [i.name for i in before.get_inputs()]
     size = session_batch(before, 256)
-    meter = None
-    for b in batches(val, size):
-        feed = {n: b.inputs[n] for n in inputs}
-        ref = dict(zip(names, before.run(None, feed)))
-        if meter is None:
-            try:
-                kinds = infer_kinds(onnx.ModelProto.FromString(original), ref, len(b))
-            except DataError:
-                return {}  # no output to judge (all integer, or no weight reaches them)
-            meter = ChangeMeter(kinds)
-        meter.add(ref, dict(zip(names, after.run(None, feed))))
-    if meter is None:
+
+    def outputs_of(session):
+        return lambda batch: dict(zip(names, session.run(None, {n: batch[n] for n in inputs})))
+
+    first = next(iter(batches(val, size)), None)
+    if first is None:
         return {}
+    reference = outputs_of(before)(first.inputs)  # the kinds are read off the first batch
+    try:
+        kinds = infer_kinds(onnx.ModelProto.FromString(original), reference, len(first))
+    except DataError:
+        return {}  # no output to judge (all integer, or no weight reaches them)
+    meter, _ = measure_change(kinds, val, outputs_of(before), outputs_of(after), size, [reference])
     per_output = meter.per_output()
     return {"outputs": {k.name: {"kind": k.kind, "axis": k.axis, "change": per_output.get(k.name), "why": k.why}
                         for k in kinds},

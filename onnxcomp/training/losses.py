@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcomp.data import Split, batches
 from onnxcomp.errors import DataError
 from onnxcomp.metrics import class_axis, fixed_batch
-from onnxcomp.training.outputs import ChangeMeter, OutputKind, infer_kinds, value_scales
+from onnxcomp.training.outputs import OutputKind, infer_kinds, measure_change, value_scales
 from onnxcomp.training.trainable import default_opset
 
 LAMBDA_INPUT = "onnxcomp.lambda"
@@ -93,8 +93,9 @@ def resolve_loss(loss: str, train: Split, teacher: Teacher, who: str, temperatur
     against the model's outputs on the first training samples; distill infers every output's
     kind (``declared`` overrides, ``onnxcomp.training.outputs``)."""
     kind = loss if loss != "auto" else ("ce" if train.labels is not None else "distill")
-    batch = fixed_batch(teacher.session) or min(len(train), PROBE_SAMPLES)
-    probes = [teacher.outputs(b.inputs) for b in batches(train.take(slice(0, max(batch, min(len(train), PROBE_SAMPLES)))), batch)]
+    samples = min(len(train), PROBE_SAMPLES)
+    batch = fixed_batch(teacher.session) or samples  # a fixed-batch export runs its own batch size
+    probes = [teacher.outputs(b.inputs) for b in batches(train.take(slice(0, max(batch, samples))), batch)]
     first = np.asarray(probes[0][teacher.output_names[0]])
     if kind == "ce":
         if first.ndim < 2:
@@ -245,10 +246,5 @@ def change_on(split: Split, task: TaskLoss, teacher: Teacher, predict, batch: in
     """The task change (``onnxcomp.training.outputs``) of ``predict`` (inputs -> {output name: array}) from
     the original's outputs on ``split``; returns it and the original's outputs per batch (pass
     them back as ``reference`` to skip recomputing them)."""
-    meter = ChangeMeter(task.judged)
-    computed = []
-    for i, b in enumerate(batches(split, batch)):
-        ref = reference[i] if reference is not None else teacher.outputs(b.inputs)
-        computed.append(ref)
-        meter.add(ref, predict(b.inputs))
+    meter, computed = measure_change(task.judged, split, teacher.outputs, predict, batch, reference or ())
     return meter.task_change(), computed

@@ -253,6 +253,22 @@ class ChangeMeter:
         return max(self.per_output().values(), default=0.0)
 
 
+def measure_change(kinds: Sequence[OutputKind], split, original, candidate, batch: int,
+                   reference: Sequence[Mapping[str, np.ndarray]] = ()) -> tuple[ChangeMeter, list]:
+    """How far ``candidate`` moved from ``original`` (each: inputs -> {output name: array}) on
+    ``split``, batch by batch; the original's outputs of the first batches may be given as
+    ``reference`` (they are not recomputed). Returns the meter and the original's outputs per batch."""
+    from onnxcomp.data import batches
+
+    meter = ChangeMeter(kinds)
+    computed = []
+    for i, b in enumerate(batches(split, batch)):
+        ref = reference[i] if i < len(reference) else original(b.inputs)
+        computed.append(ref)
+        meter.add(ref, candidate(b.inputs))
+    return meter, computed
+
+
 def value_scales(kind: OutputKind, samples: Sequence[np.ndarray]) -> np.ndarray:
     """Per-feature 1 / (the original's mean square) of a ``values`` output, shaped to broadcast
     against it: the distillation loss's weights (dead features get the output's mean weight)."""

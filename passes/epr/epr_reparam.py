@@ -156,15 +156,9 @@ class EprReparamPass(CompressionPass):
 
         qpass = make_pass("quantize", {})
         qpass.context = self.context
-        qpass._stats = {}
-        data = self.context.data
-        calibration = None if data is None else data.train if data.train is not None else data.val
-        if calibration is not None:
-            from onnxcomp.passes.quantize.layer_stats import input_covariances
-
-            # The steps ptq picks with its own rounding (GPTQ with data): coarser than nearest
-            # rounding allows at the same output change; training then learns the rounding.
-            qpass._stats = input_covariances(model, weights, calibration)
+        # The steps ptq picks with its own rounding (GPTQ with data): coarser than nearest
+        # rounding allows at the same output change; training then learns the rounding.
+        qpass.collect_statistics(model, weights)
         bits = search_bits_on_probes(model, weights, qpass, self.context)
         self._qpass = qpass
         if bits is None:  # the model cannot be probed: the rule, per channel, at int8's grid
@@ -180,13 +174,14 @@ class EprReparamPass(CompressionPass):
         if self._start_bits is not None:
             # ptq's choice, per channel on int8's grid; never finer than the latents can hold
             axes = w.channel_axes
+            ptq_step = step_for(array, axes, self._start_bits[w.name], grid="peak")
             finest = step_for(array, axes, 8.0, grid="peak") * INT8_LEVELS / LATENT_LIMIT
-            step = np.maximum(step_for(array, axes, self._start_bits[w.name], grid="peak"), finest).astype(np.float32)
-            if np.array_equal(step, step_for(array, axes, self._start_bits[w.name], grid="peak")):
+            step = np.maximum(ptq_step, finest).astype(np.float32)
+            if np.array_equal(step, ptq_step):
                 # ptq's own rounding (GPTQ with data) as the starting latents: the start is the
                 # calibrated ptq model itself, not nearest rounding at its steps
-                k, ptq_step, _ = self._qpass.quantize(w, self._start_bits[w.name])
-                if np.array_equal(ptq_step, step):
+                k, quantize_step, _ = self._qpass.quantize(w, self._start_bits[w.name])
+                if np.array_equal(quantize_step, step):
                     start_k = k.astype(np.float64)
         else:
             bits = self.bits + (self.bias_bits if w.role == "bias" else 0.0)

@@ -124,14 +124,7 @@ class QuantizePass(CompressionPass):
                               f"weight(s) stay exact (quantize{{bits=B}} quantizes them)")
             return ir.passes.PassResult(model, False)
         data = self.context.data
-        self._stats: dict = {}
-        calibration = None if data is None else data.train if data.train is not None else data.val
-        if (self.importance or self.gptq) and calibration is not None:
-            from onnxcomp.passes.quantize.layer_stats import input_covariances
-
-            # Layer statistics come from the train split; data with only an evaluation split
-            # (a plain .npz) calibrates on that.
-            self._stats = input_covariances(model, weights, calibration)
+        self.collect_statistics(model, weights)
         bits = {w.name: self.base_bits + (self.bias_bits if w.role == "bias" else 0.0) for w in weights}
         if self.context.max_error_increase is not None and data is not None:
             from onnxcomp.passes.quantize.step_search import search_bits
@@ -147,6 +140,18 @@ class QuantizePass(CompressionPass):
             latent = replace_with_latents(model, w, k, step, taken)
             self.context.note(w.name, bits=bits[w.name], rounding=self.rounding(w), latent=latent)
         return ir.passes.PassResult(model, True)
+
+    def collect_statistics(self, model: ir.Model, weights: list[Weight]) -> None:
+        """The layer input statistics importance weighting and GPTQ rounding use (none without
+        data): from the train split; data with only an evaluation split (a plain .npz)
+        calibrates on that."""
+        data = self.context.data
+        self._stats: dict = {}
+        calibration = None if data is None else data.train if data.train is not None else data.val
+        if (self.importance or self.gptq) and calibration is not None:
+            from onnxcomp.passes.quantize.layer_stats import input_covariances
+
+            self._stats = input_covariances(model, weights, calibration)
 
     def quantize(self, w: Weight, bits: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(latents, step, dequantized weight) of ``w`` at ``bits``: what the graph will compute."""
