@@ -80,7 +80,6 @@ NO_GRADIENT = {
     "ConvTranspose": "ConvTransposeGrad has no CPU kernel (rewritten only with explicit pads within the kernel span)",
     "AveragePool": "its backward fails with a symbolic batch (rewritten only with explicit pads)",
 }
-FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
 @dataclass
