@@ -20,8 +20,12 @@ Outputs (KB = 1000 bytes):
 
     python bench/epr_curve.py --model models/lenet-300-100.onnx --data mnist --lambdas 0.1,0.3,1 \\
         [--epochs 25] [--epr-options prior=logistic] [--finetune-options lr=0.002] \\
-        [--ref "EPR paper:8.56:1.9"] [--keep-done]
+        [--ref "EPR paper:8.56:1.9"] [--keep-done] [--budget 0.0025]
     python bench/epr_curve.py --replot bench/out/epr-curve-lenet-300-100.json   # md + png again
+
+--budget D adds one more run: finetune's lambda search for `--max-error-increase D` (no lambda
+option; finetune's search=climb), reported beside the smallest fixed lambda within the same val
+budget and the mean fixed run's compile time.
 
 --replot needs only json + matplotlib (no onnxcomp, no onnx): any python with matplotlib can draw.
 """
@@ -45,10 +49,11 @@ KB = 1000.0
 
 # -- the sweep (main venv) ----------------------------------------------------------------------
 
-def pipeline_for(lam: float, epochs: float | None, epr_options: str, finetune_options: str) -> str:
+def pipeline_for(lam: float | None, epochs: float | None, epr_options: str, finetune_options: str) -> str:
+    """The pipeline of one point; lam None: finetune's own lambda (the budget search starts from it)."""
     epr = f"epr-reparam{{{epr_options}}}" if epr_options.strip() else "epr-reparam"
-    ft = [f"lambda={lam:g}"] + ([f"epochs={epochs:g}"] if epochs is not None else []) + finetune_options.split()
-    return f"normalize,{epr},finetune{{{' '.join(ft)}}},pack"
+    ft = ([] if lam is None else [f"lambda={lam:g}"]) + ([f"epochs={epochs:g}"] if epochs is not None else []) + finetune_options.split()
+    return f"normalize,{epr},finetune{{{' '.join(ft)}}},pack" if ft else f"normalize,{epr},finetune,pack"
 
 
 def test_error(path: str, split) -> float:
@@ -66,15 +71,20 @@ def float_baseline(model: str, split) -> dict:
             "params": st["float_params"], "test_error": test_error(model, split)}
 
 
-def run_point(model: str, name: str, lam: float, args, split, params: int) -> dict:
+def run_point(model: str, name: str, lam: float | None, args, split, params: int, budget: float | None = None) -> dict:
+    """One compress + test evaluation: at a fixed ``lam``, or (``budget``) finetune's lambda search
+    for ``--max-error-increase budget``."""
     from model_stats import bits_per_param, model_stats
     from onnxcomp_cli import CompilerUnavailable, compress
 
     pipeline = pipeline_for(lam, args.epochs, args.epr_options, args.finetune_options)
     flags = ["--data", args.data, *shlex.split(args.flags)]
-    out = os.path.join(args.workdir, f"{name}.lam{lam:g}.onnx")
-    point = {"lambda": lam, "pipeline": pipeline, "flags": flags, "path": os.path.relpath(out)}
-    print(f"=== lambda {lam:g}: {pipeline} {' '.join(flags)}", file=sys.stderr, flush=True)
+    if budget is not None:
+        flags += ["--max-error-increase", f"{budget:g}"]
+    tag = f"lam{lam:g}" if budget is None else f"budget{budget:g}"
+    out = os.path.join(args.workdir, f"{name}.{tag}.onnx")
+    point = {"lambda": lam, "budget": budget, "pipeline": pipeline, "flags": flags, "path": os.path.relpath(out)}
+    print(f"=== {tag}: {pipeline} {' '.join(flags)}", file=sys.stderr, flush=True)
     try:
         comp = compress(model, out, pipeline, flags)
     except CompilerUnavailable as e:
@@ -94,6 +104,10 @@ def run_point(model: str, name: str, lam: float, args, split, params: int) -> di
         "estimated_bytes": (training.get("history") or [{}])[-1].get("estimated_bytes"),
         "history": training.get("history"), "compiler_pipeline": rep.get("pipeline"),
     })
+    if budget is not None:
+        search = metrics.get("search") or {}
+        point.update(lambda_chosen=search.get("chosen_lambda"), budget_val_error=search.get("budget"),
+                     budget_met=search.get("met"), levels=search.get("runs"))
     t = time.perf_counter()
     point["test_error"] = test_error(out, split)
     point["eval_seconds"] = round(time.perf_counter() - t, 2)
@@ -149,6 +163,14 @@ def sweep(args) -> dict:
             print(f"lambda {lam:g}: payload {point['payload_bytes']:,} B ({point['bits_per_param']:.3f} bits/param), "
                   f"val {_pct(point['val_error'])}, test {_pct(point['test_error'])}, "
                   f"compile {point['compile_seconds']} s, step {point['median_step_ms']} ms", flush=True)
+    if args.budget is not None:
+        point = run_point(args.model, name, None, args, split, base["params"], budget=args.budget)
+        result["budgeted"] = point
+        write_json(result, json_path)
+        if "error" not in point:
+            print(f"budget {args.budget:g}: lambda {point['lambda_chosen']}, payload {point['payload_bytes']:,} B, "
+                  f"val {_pct(point['val_error'])}, test {_pct(point['test_error'])}, compile {point['compile_seconds']} s",
+                  flush=True)
     result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json(result, json_path)
     return result
@@ -205,8 +227,36 @@ def markdown(res: dict, png: str | None) -> str:
         lines.append(f"Reference: {r['label']}: {r['kb']:g} KB at {r['error_pct']:g}% error.")
     if png:
         lines.append(f"Plot: `{os.path.relpath(png, os.path.dirname(HERE))}`.")
+    lines += budget_lines(res, pts)
     lines += ["", "command:", "", f"    {res['command']}", ""]
     return "\n".join(lines)
+
+
+def budget_lines(res: dict, pts: list[dict]) -> list[str]:
+    """The budgeted run beside the fixed lambdas: the smallest fixed point within the same val
+    budget, and the time against one fixed training."""
+    b = res.get("budgeted")
+    if not b:
+        return []
+    if "error" in b:
+        return ["", f"Budget search (`--max-error-increase {b['budget']:g}`): FAILED: {b['error'].strip().splitlines()[-1][:200]}"]
+    limit = b.get("budget_val_error")
+    within = [p for p in pts if limit is not None and p.get("val_error") is not None and p["val_error"] <= limit]
+    best = min(within, key=lambda p: p["payload_bytes"], default=None)
+    fixed_s = [p["compile_seconds"] for p in pts]
+    lines = ["", f"Budget search, `{b['pipeline']} {' '.join(b['flags'])}` (val error budget {_pct(limit)}): "
+                 f"one run, {len(b.get('levels') or [])} lambda levels, kept lambda {b['lambda_chosen']:g}"
+                 f"{'' if b.get('budget_met') else ' (no level met the budget)'}: **{b['payload_bytes']:,} B payload, "
+                 f"val {_pct(b['val_error'])}, test {_pct(b['test_error'])}**, {b['compile_seconds']:.0f} s"
+                 + (f" ({b['compile_seconds'] / (sum(fixed_s) / len(fixed_s)):.2f}x the mean fixed-lambda run)" if fixed_s else "")
+                 + ". Smallest fixed lambda within the same val budget: "
+                 + (f"lambda {best['lambda']:g}, {best['payload_bytes']:,} B (val {_pct(best['val_error'])}, "
+                    f"test {_pct(best['test_error'])})." if best else "none.")]
+    levels = b.get("levels") or []
+    if levels:
+        lines += ["", "| level epoch | lambda | estimated KB | val error |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['epoch']} | {r['lambda']:.3g} | {r['estimated_bytes'] / KB:.1f} | {_pct(r['val_error'])} |" for r in levels]
+    return lines
 
 
 def plot(res: dict, path: str) -> str | None:
@@ -277,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epr-options", default="", help="epr-reparam options, e.g. 'prior=logistic conv_decoder=dct'")
     ap.add_argument("--finetune-options", default="", help="more finetune options, e.g. 'lr=0.002 batch=64'")
     ap.add_argument("--flags", default="", help="more compress flags, e.g. '--seed 1'")
+    ap.add_argument("--budget", type=float, help="also run finetune's lambda search for --max-error-increase BUDGET")
     ap.add_argument("--ref", action="append", help="reference point LABEL:KB:ERROR%% for the plot (repeatable)")
     ap.add_argument("--keep-done", action="store_true",
                     help="reuse points of an earlier run in the JSON with the same pipeline and flags")

@@ -206,6 +206,8 @@ def test_a_flat_npz_trains(mlp_file, tmp_path):
     """Unlabeled inputs under flat keys: training passes split them (every 5th validates)."""
     np.savez(tmp_path / "flat.npz", x=np.random.default_rng(0).random((60, 64)).astype(np.float32))
     out = tmp_path / "w.onnx"
-    r = onnxcomp("compress", mlp_file, "-o", out, "-p", "normalize,weight-fix{epochs=0.5},pack", "--data", tmp_path / "flat.npz")
+    # a loose budget: without one, weight-fix on unlabeled data holds itself to 8-bit rounding's change
+    r = onnxcomp("compress", mlp_file, "-o", out, "-p", "normalize,weight-fix{epochs=0.5},pack", "--data", tmp_path / "flat.npz",
+                 "--max-error-increase", "0.9")
     assert r.returncode == 0, r.stderr
     assert "training on 48 samples, validating on 12" in r.stderr and out.exists()

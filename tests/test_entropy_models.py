@@ -6,19 +6,19 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from onnxcomp.passes.epr.priors import PRIORS
+from onnxcomp.passes.epr.priors import PRIORS, TABLE_TOLERANCE, factorized_table_bits, latent_span
 from onnxcomp.graph.edit import NodeBuilder, new_initializer
 from onnxcomp.model_io import to_proto
 from tests.conftest import run
 
 
-def rate_model(prior: str, n: int, params: dict[str, np.ndarray]) -> ir.Model:
+def rate_model(prior: str, n: int, params: dict[str, np.ndarray], span: int = 256) -> ir.Model:
     y = ir.Value(name="y", shape=ir.Shape([n]), type=ir.TensorType(ir.DataType.FLOAT))
     graph = ir.Graph([y], [], nodes=[], opset_imports={"": 17}, name="rate")
     model = ir.Model(graph, ir_version=8)
     b = NodeBuilder(model, {"y"})
     values = {k: new_initializer(graph, f"p.{k}", v) for k, v in params.items()}
-    bits = PRIORS[prior].bits_graph(b, y, values, n, "t")
+    bits = PRIORS[prior].bits_graph(b, y, values, n, "t", span)
     graph.extend(b.nodes)
     graph.outputs.append(bits)
     return model
@@ -32,14 +32,31 @@ def test_graph_rate_matches_numpy(prior, spread):
     params = PRIORS[prior].init_params(y, rng)
     if prior == "factorized":  # move away from the symmetric initialisation
         params = {k: (v + rng.normal(0, 0.3, v.shape)).astype(np.float32) for k, v in params.items()}
-    (graph_bits,) = run(to_proto(rate_model(prior, y.size, params)), {"y": y})
+    span = latent_span(y)
+    (graph_bits,) = run(to_proto(rate_model(prior, y.size, params, span)), {"y": y})
     reference = PRIORS[prior].bits_numpy(y, params)
     assert graph_bits.shape == ()
     # Far in the tails (spread 40 against an initial scale of ~10) a float32 difference of two
     # small sigmoids loses digits to cancellation; the numpy twin computes in float64.
-    assert graph_bits == pytest.approx(reference, rel=2e-5 if spread < 10 else 2e-3)
+    float32 = 2e-5 if spread < 10 else 2e-3
+    if prior == "factorized":  # the graph reads a table of the density: its twin, then the density
+        assert graph_bits == pytest.approx(factorized_table_bits(y, params, span), rel=float32)
+        assert graph_bits == pytest.approx(reference, rel=TABLE_TOLERANCE + float32)
+    else:
+        assert graph_bits == pytest.approx(reference, rel=float32)
     # a rate is a code length: at least the ideal (entropy) of nothing, and finite
     assert 0 < reference < 40 * y.size
+
+
+def test_the_factorized_table_charges_latents_beyond_its_span_the_edge():
+    rng = np.random.default_rng(5)
+    params = PRIORS["factorized"].init_params(rng.normal(0, 3, 500), rng)
+    span = latent_span(np.array([3.0]))  # 14
+    assert span == 14 and latent_span(np.array([1000.0])) == 256
+    inside = factorized_table_bits(np.array([14.0]), params, span)
+    assert factorized_table_bits(np.array([40.0]), params, span) == inside
+    (graph_bits,) = run(to_proto(rate_model("factorized", 2, params, span)), {"y": np.array([14.0, 40.0], np.float32)})
+    assert graph_bits == pytest.approx(2 * inside, rel=2e-5)
 
 
 @pytest.mark.parametrize("prior", sorted(PRIORS))
@@ -64,3 +81,32 @@ def test_the_coded_size_estimate_tracks_what_the_encoder_writes_table_included()
         assert coded_bits_estimate(k) == pytest.approx(written, rel=0.02)
     tiny = np.array([-3, 100, 7], np.int32)  # raw int8 beats any stream and table
     assert coded_bits_estimate(tiny) == 3 * 8
+
+
+def test_training_on_the_factorized_table_moves_the_prior_and_the_latents(tmp_path):
+    """The table's gradient reaches the density's parameters (GatherElements' backward) and the latents
+    (the interpolation's slope): one AdamW step on the rate alone moves both, and lowers it."""
+    from onnxcomp.training.session import TrainingSession, generate_artifacts
+
+    rng = np.random.default_rng(6)
+    latents = rng.laplace(0, 4, 300).astype(np.float32)
+    params = PRIORS["factorized"].init_params(latents, rng)
+    y = ir.Value(name="y", shape=ir.Shape([latents.size]), type=ir.TensorType(ir.DataType.FLOAT))
+    graph = ir.Graph([], [], nodes=[], opset_imports={"": 17}, name="rate")
+    model = ir.Model(graph, ir_version=8)
+    b = NodeBuilder(model, set())
+    latent = new_initializer(graph, "latents", latents)
+    values = {k: new_initializer(graph, f"p.{k}", v) for k, v in params.items()}
+    bits = PRIORS["factorized"].bits_graph(b, b.op("Identity", [latent], "t", "rate"), values, latents.size, "t",
+                                           latent_span(latents))
+    bits.dtype, bits.shape = ir.DataType.FLOAT, ir.Shape([])  # the loss output training needs typed
+    graph.extend(b.nodes)
+    graph.outputs.append(bits)
+    trainable = ["latents", *(f"p.{k}" for k in params)]
+    session = TrainingSession(generate_artifacts(to_proto(model), trainable, [], tmp_path), lr=0.01, seed=0, threads=1)
+    before = session.parameters(trainable_only=True)
+    first = float(np.asarray(session.step({})[0]))
+    after = session.parameters(trainable_only=True)
+    for name in trainable:
+        assert not np.array_equal(before[name], after[name]), name
+    assert float(np.asarray(session.step({})[0])) < first

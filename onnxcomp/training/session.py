@@ -227,7 +227,9 @@ class TrainingSession:
         # asarray, not ascontiguousarray: the latter turns scalar inputs (lambda, a noise switch)
         # into shape [1], which the graph then warns about on every step.
         outputs = self._module(*[np.asarray(inputs[n], order="C") for n in names])
-        return outputs if isinstance(outputs, tuple) else (outputs,)
+        # A graph with one output gets it back as an OrtValue, not an array.
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return tuple(o.numpy() if isinstance(o, ort.OrtValue) else o for o in outputs)
 
     def parameters(self, trainable_only: bool = False) -> dict[str, np.ndarray]:
         """Current parameter values by name (copies), read from the checkpoint state."""

@@ -45,7 +45,7 @@ from onnxcomp.graph.weights import Weight, already_int8, find_weights
 from onnxcomp.pass_base import CompressionPass, register_pass
 from onnxcomp.passes.epr.form import (DECODER, FIXED_POINT, LATENT_FACTOR, LATENT_LIMIT, METADATA_KEY, NOISE_INPUT, RATE,
                                       RATE_OUTPUT, ROUND_OFFSET, TRAIN, EprSpec, EprTensor)
-from onnxcomp.passes.epr.priors import PRIORS
+from onnxcomp.passes.epr.priors import PRIORS, latent_span
 from onnxcomp.passes.quantize.step_rule import INT8_LEVELS, step_for
 
 
@@ -230,7 +230,7 @@ class EprReparamPass(CompressionPass):
         prior = PRIORS[self.prior]
         params = {key: new_initializer(graph, b.name(f"{name}.prior.{key}"), value)
                   for key, value in prior.init_params(x0, rng).items()}
-        bits_value = prior.bits_graph(b, y, params, n, name)
+        bits_value = prior.bits_graph(b, y, params, n, name, latent_span(x0))
         self.context.note(name, method="epr", prior=self.prior, decoder="dct" if use_dct else "affine")
         tensor = EprTensor(name, w.role, shape, phi.name, log_step.name, k_name, scale.name, offset, {key: v.name for key, v in params.items()},
                            decoder.name if decoder is not None else None)

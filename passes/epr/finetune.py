@@ -3,20 +3,36 @@ and end the training form (``finalize_epr``), so ``pack`` codes the rounded late
 
 A driver step inside the pipeline, not a graph rewrite of its own: it changes only initializer
 values of the graph ``epr-reparam`` built (``trainer.py`` does the training). With an error
-budget (``--max-error`` or ``--max-error-increase``, on the validation split) it runs up to
-``search_runs`` trainings and keeps the smallest model within the budget: lambda grows by
-``search_factor`` while the budget holds, shrinks while it does not, and is bisected
-(geometrically) once both sides are known. Sizes are compared by the entropy of the rounded
-latents, which is what pack spends on bitstreams.
+budget (``--max-error`` or ``--max-error-increase``, on the validation split) it searches for the
+smallest model within the budget in one run (``search=climb``, continuation): lambda rises
+geometrically from ``climb_low`` to ``climb_high`` times ``lambda``, one level per ``cycle``
+epochs, over at most ``climb_epochs`` x ``epochs``; the learning rate restarts at the peak with
+each level and decays to 0 by its end, so every level's rounded model is measured settled on the
+validation split (mid-cycle, at the peak rate, val error is 0.5-1 point higher on LeNet-300-100:
+a budget would end the climb on noise). The smallest level within the budget is kept; the run
+stops once ``patience`` levels in a row are over it (a higher lambda only moves further).
+
+Why these defaults (LeNet-300-100, BENCHMARKS.md "EPR budget search"): the rate follows lambda
+with a lag (the latents move at the learning rate's pace), so a level's size and error depend on
+how long the climb spent below it; 3-epoch levels 1.33x apart (0.3 -> 10 times lambda) ended
+smaller than the best fixed lambda within the same budget, 2-epoch levels 1.68x apart (0.1 -> 30)
+larger. A low-rate "settle" of the kept level after the climb (tried: 0.5 trainings at 1/4 of the
+rate) moved size and error on along the curve, past the budget. Searching by separate trainings
+(``search=runs``: up to ``search_runs`` of them, lambda grown by ``search_factor`` while the
+budget holds, shrunk while it does not, bisected once both sides are known) costs one training
+per try. Sizes are compared by the entropy of the rounded latents, which is what pack spends on
+bitstreams.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from onnxcomp.errors import DataError, PassError
@@ -41,14 +57,17 @@ class FinetuneReport(PassReport):
     median_step_ms: float
     val_error: float | None
     history: list[dict]
-    runs: list[dict]  # every training of a lambda search: lambda, val error, estimated bytes
+    runs: list[dict]  # what a lambda search measured (run_row): lambda, val error, estimated bytes
+    kept: dict | None  # with a budget to keep within: the epoch kept (TrainResult.kept)
 
     def as_json(self) -> dict[str, Any]:
         row = super().as_json()
         return {"lambda": row.pop("lam"), **row}
 
     def summary(self) -> str:
-        search = f" (chosen among {len(self.runs)} trainings)" if len(self.runs) > 1 else ""
+        levels = sum(1 for row in self.runs if row.get("phase") == "climb")
+        search = (f" (kept among {levels} levels of one climbing run)" if levels
+                  else f" (chosen among {len(self.runs)} trainings)" if len(self.runs) > 1 else "")
         return (f"training: lambda {self.lam:g}{search}, loss {self.loss}, {self.steps} steps, "
                 f"median {self.median_step_ms:.1f} ms/step")
 
@@ -86,7 +105,13 @@ class FinetunePass(CompressionPass):
     outputs: str = field(default="", metadata={"help": "distill: output kinds overriding the inferred ones, NAME:classes:AXIS / NAME:values / NAME:ignore joined by '/' (see onnxcomp/training/outputs.py)"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints (also one per epoch)"})
     threads: int = field(default=1, metadata={"help": "ORT threads; results are reproducible for a fixed count (0 = all cores)"})
-    search_runs: int = field(default=4, metadata={"help": "with an error budget: trainings tried to find lambda"})
+    search: str = field(default="climb", metadata={"help": "with an error budget: climb (one run of rising lambda; module doc) or runs (separate trainings)"})
+    climb_low: float = field(default=0.3, metadata={"help": "search=climb: lambda starts at this times lambda"})
+    climb_high: float = field(default=10.0, metadata={"help": "search=climb: lambda would end at this times lambda"})
+    climb_epochs: float = field(default=1.5, metadata={"help": "search=climb: the climb's length at most, in multiples of epochs"})
+    cycle: int = field(default=3, metadata={"help": "search=climb: epochs per lambda level; the learning rate restarts at each (0: lambda rises every step at the peak rate)"})
+    patience: int = field(default=2, metadata={"help": "search=climb: levels over the budget in a row that end the climb"})
+    search_runs: int = field(default=4, metadata={"help": "search=runs: trainings tried to find lambda"})
     search_factor: float = field(default=3.0, metadata={"help": "with an error budget: lambda step while only one side of the budget is known"})
 
     def validate_options(self) -> None:
@@ -112,14 +137,25 @@ class FinetunePass(CompressionPass):
             raise bad("threads", self.threads, ">= 0")
         if self.warmup_steps < 0 or self.lambda_warmup < 0:
             raise bad("warmup_steps/lambda_warmup", f"{self.warmup_steps}/{self.lambda_warmup}", ">= 0")
+        if self.search not in ("climb", "runs"):
+            raise bad("search", self.search, "climb or runs")
+        if not 0 < self.climb_low <= 1 <= self.climb_high or self.climb_low == self.climb_high:
+            raise bad("climb_low/climb_high", f"{self.climb_low}/{self.climb_high}", "0 < climb_low <= 1 <= climb_high, not equal")
+        if self.cycle < 0:
+            raise bad("cycle", self.cycle, ">= 0")
+        if self.patience < 1:
+            raise bad("patience", self.patience, ">= 1")
+        if not self.climb_epochs > 0:
+            raise bad("climb_epochs", self.climb_epochs, "> 0")
         if self.search_runs < 1:
             raise bad("search_runs", self.search_runs, ">= 1")
         if not self.search_factor > 1:
             raise bad("search_factor", self.search_factor, "> 1")
 
-    def train_options(self, lam: float) -> TrainOptions:
-        return TrainOptions(self.epochs, lam, self.lr, self.batch, self.warmup_steps, self.decay, self.lambda_warmup,
-                            self.loss, self.temperature, self.checkpoint_every, self.threads, self.outputs)
+    def train_options(self, lam: float, **changes) -> TrainOptions:
+        options = TrainOptions(self.epochs, lam, self.lr, self.batch, self.warmup_steps, self.decay, self.lambda_warmup,
+                               self.loss, self.temperature, self.checkpoint_every, self.threads, self.outputs)
+        return dataclasses.replace(options, **changes)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         spec = EprSpec.from_model(model)
@@ -136,11 +172,14 @@ class FinetunePass(CompressionPass):
         budget = error_budget(ctx.max_error, ctx.max_error_increase, ctx.data.val, teacher.session)
         with Workspace(ctx.work_dir, self.name, ctx.resume) as workspace:
             def train(lam: float) -> TrainResult:
-                return self._train(proto, spec, teacher, lam, workspace)
+                return self._train(proto, spec, teacher, self.train_options(lam), workspace, f"lambda-{lam:g}")
 
             if budget is None:
                 lam, result = self.lam, train(self.lam)
-                runs = [(lam, result)]
+                runs = [run_row(lam, result.val_error, result.estimated_bytes)]
+            elif self.search == "climb":
+                lam, result, runs, met = self._climb(proto, spec, teacher, budget, workspace)
+                ctx.record(LambdaSearchReport(budget, lam, met, runs))
             else:
                 outcome = search_budget(
                     who=self.name, budget=budget, runs=self.search_runs, first=self.lam, train=train,
@@ -148,17 +187,16 @@ class FinetunePass(CompressionPass):
                     propose=lambda trials: self._next_lambda(trials, budget),
                     describe=lambda lam: f"lambda {lam:g}", stop_when_met=False, say=ctx.say, warn=ctx.warn)
                 lam, result = outcome.chosen.settings, outcome.chosen.result
-                runs = [(t.settings, t.result) for t in outcome.trials]
-                ctx.record(LambdaSearchReport(budget, lam, outcome.met,
-                                              [{"lambda": t.settings, "val_error": t.val_error} for t in outcome.trials]))
+                runs = [run_row(t.settings, t.val_error, t.result.estimated_bytes) for t in outcome.trials]
+                ctx.record(LambdaSearchReport(budget, lam, outcome.met, runs))
         for name, value in result.parameters.items():
             ir_value = model.graph.initializers[name]
             # np.asarray, not ascontiguousarray: the latter turns a 0-d scalar into shape [1]
             ir_value.const_value = ir.tensor(np.asarray(value, np.float32), name=name)
         finalize_epr(model, ctx)
         ctx.record(FinetuneReport(
-            lam, result.loss, result.steps, round(1000 * result.step_seconds, 3), result.val_error, result.history,
-            [{"lambda": x, "val_error": r.val_error, "estimated_bytes": r.estimated_bytes} for x, r in runs]))
+            lam, result.loss, result.steps, round(1000 * result.step_seconds, 3), result.val_error, result.history, runs,
+            result.kept))
         return ir.passes.PassResult(model, True)
 
     def _next_lambda(self, trials: list[Trial], budget: float) -> float:
@@ -172,9 +210,37 @@ class FinetunePass(CompressionPass):
             return high / self.search_factor
         return math.sqrt(low * high)
 
-    def _train(self, proto, spec: EprSpec, teacher: Teacher, lam: float, workspace: Workspace) -> TrainResult:
+    def _climb(self, proto: onnx.ModelProto, spec: EprSpec, teacher: Teacher, budget: float, workspace: Workspace):
+        """Continuation (module doc). Returns the kept lambda, the run's result, every level
+        measured (``run_row``s), and whether one met the budget."""
         ctx = self.context
-        trainer = EprTrainer(proto, spec, ctx.data.train, ctx.data.val, self.train_options(lam), seed=ctx.seed,
+        low, high = self.lam * self.climb_low, self.lam * self.climb_high
+        ctx.say(f"  searching lambda {low:g} -> {high:g} in one run for val error <= {100 * budget:.2f}%")
+        climb = self._train(proto, spec, teacher, self.train_options(
+            low, epochs=self.climb_epochs * self.epochs, lambda_end=high, cycle_epochs=self.cycle, decay=0.0,
+            lambda_warmup=0.0, keep_within=budget, patience=self.patience), workspace, "climb")
+        runs = [run_row(row["lambda"], row["val_error"], row["estimated_bytes"], "climb", row["epoch"])
+                for row in climb.history if row["settled"]]  # a level's last epoch, at the end of its cycle
+        kept = climb.kept
+        if not kept["met"]:
+            ctx.warn(f"{self.name}: no level of the climb met the error budget {100 * budget:.2f}%; kept "
+                     f"{'the start' if kept['epoch'] == 0 else 'epoch ' + str(kept['epoch'])} at lambda "
+                     f"{kept['lambda']:g} (val error {100 * kept['val_error']:.2f}%)")
+        return kept["lambda"], climb, runs, kept["met"]
+
+    def _train(self, proto: onnx.ModelProto, spec: EprSpec, teacher: Teacher, options: TrainOptions,
+               workspace: Workspace, tag: str) -> TrainResult:
+        ctx = self.context
+        trainer = EprTrainer(proto, spec, ctx.data.train, ctx.data.val, options, seed=ctx.seed,
                              teacher=teacher, say=ctx.say, progress=ctx.progress)
-        ctx.say(f"  training with lambda {lam:g}: {trainer.total_steps} steps of {trainer.batch}, loss {trainer.task.kind}")
-        return trainer.run(workspace.run(f"lambda-{lam:g}", trainer.fingerprint))
+        schedule = f"lambda {options.lam:g}" + ("" if options.lambda_end is None else f" -> {options.lambda_end:g}")
+        ctx.say(f"  training with {schedule}: {trainer.total_steps} steps of {trainer.batch}, loss {trainer.task.kind}")
+        return trainer.run(workspace.run(tag, trainer.fingerprint))
+
+
+def run_row(lam: float, val_error: float | None, estimated_bytes: float | None, phase: str | None = None,
+            epoch: int | None = None) -> dict:
+    """One measured point of a lambda search for the report: a training (search=runs) or an epoch
+    of the climb, a level's last (search=climb)."""
+    row = {"lambda": lam, "val_error": val_error, "estimated_bytes": estimated_bytes}
+    return row if phase is None else {**row, "phase": phase, "epoch": epoch}

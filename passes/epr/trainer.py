@@ -50,35 +50,77 @@ class TrainOptions:
     checkpoint_every: int = 500
     threads: int = 1
     outputs: str = ""           # declared output kinds (onnxcomp.training.outputs.parse_declarations)
+    # Continuation (finetune's budget search): lambda rises geometrically from ``lam`` to
+    # ``lambda_end`` over the run instead of staying at ``lam``; with ``cycle_epochs`` it rises
+    # once per cycle, and the learning rate restarts every cycle (peak, cosine to 0: ``decay`` is
+    # not used), so each lambda's model is measured settled, not mid-flight at the peak rate.
+    lambda_end: float | None = None
+    cycle_epochs: int = 0
+    # Keep the smallest epoch whose val error is at most this (the start, epoch 0, included), not
+    # the last one; None: the last epoch, except distilling on unlabeled data (see ``run``).
+    keep_within: float | None = None
+    # With ``keep_within``: stop once this many epochs in a row were over it after one met it (0: never).
+    patience: int = 0
 
 
 @dataclass
 class TrainResult:
     parameters: dict[str, np.ndarray]
     history: list[dict]
-    val_error: float | None      # of the rounded model, last epoch
+    val_error: float | None      # of the rounded model: the kept epoch's (the last one's by default)
     steps: int
     step_seconds: float          # median wall time of one training step
     loss: str                    # ce or distill
+    kept: dict | None = None     # with a budget to keep within: the kept epoch (0 = the start), its
+                                 # val error, estimated bytes, lambda, and whether it met the budget
 
     @property
     def estimated_bytes(self) -> float | None:
+        if self.kept is not None:
+            return self.kept["estimated_bytes"]
         return self.history[-1]["estimated_bytes"] if self.history else None
 
 
-def lr_at(step: int, total: int, o: TrainOptions) -> float:
-    """Linear warm-up, constant, then cosine to 0 over the last ``decay`` of the run."""
+def lr_at(step: int, total: int, o: TrainOptions, steps_per_epoch: int) -> float:
+    """Linear warm-up, constant, then cosine to 0 over the last ``decay`` of the run; with
+    ``cycle_epochs``, cosine from the peak within every cycle (warm restarts)."""
     if step < o.warmup_steps:
         return o.lr * (step + 1) / o.warmup_steps
+    if o.cycle_epochs:
+        cycle = o.cycle_epochs * steps_per_epoch
+        return o.lr * 0.5 * (1.0 + math.cos(math.pi * (step % cycle) / cycle))
     start = int(total * (1.0 - o.decay))
     if step < start:
         return o.lr
     return o.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - start) / max(1, total - start))))
 
 
-def lambda_at(step: int, steps_per_epoch: int, o: TrainOptions) -> float:
+def lambda_at(step: int, steps_per_epoch: int, total: int, o: TrainOptions) -> float:
+    """``lam`` (rising geometrically to ``lambda_end`` over the run, when set), ramped up from 0
+    over the first ``lambda_warmup`` epochs."""
+    if o.lambda_end is None:
+        lam = o.lam
+    elif o.cycle_epochs:
+        cycle = o.cycle_epochs * steps_per_epoch
+        lam = o.lam * (o.lambda_end / o.lam) ** ((step // cycle) / max(1, math.ceil(total / cycle) - 1))
+    else:
+        lam = o.lam * (o.lambda_end / o.lam) ** (step / max(1, total - 1))
     ramp = o.lambda_warmup * steps_per_epoch
-    return o.lam if ramp <= 0 else o.lam * min(1.0, (step + 1) / ramp)
+    return lam if ramp <= 0 else lam * min(1.0, (step + 1) / ramp)
+
+
+def better(row: dict, than: dict | None, budget: float) -> bool:
+    """Whether epoch ``row`` is a better keep than ``than`` under a val-error budget: any epoch
+    within the budget beats any over it; among those within, the smaller; among those over, the
+    more accurate."""
+    if than is None:
+        return True
+    ok, was_ok = row["val_error"] <= budget, than["val_error"] <= budget
+    if ok != was_ok:
+        return ok
+    if ok:
+        return row["estimated_bytes"] < than["estimated_bytes"]
+    return row["val_error"] < than["val_error"]
 
 
 def noise_at(seed: int, step: int, n: int) -> np.ndarray:
@@ -118,7 +160,7 @@ class EprTrainer:
         if state and state.get("done"):
             self.say(f"  finished before the interruption, reusing {run_dir.path}")
             return TrainResult(run_dir.arrays(), state["history"], state["val_error"], state["step"],
-                               state["step_seconds"], state["loss"])
+                               state["step_seconds"], state["loss"], state.get("kept"))
         checkpoint = run_dir.path / "checkpoint"
         artifacts = generate_artifacts(self.graph, list(self.spec.trainable) + self.form.anchors, [], run_dir.path / "artifacts")
         session = TrainingSession(artifacts, lr=self.o.lr, seed=self.seed, threads=self.o.threads,
@@ -127,30 +169,48 @@ class EprTrainer:
         if state:
             self.say(f"  resuming at step {session.steps} of {self.total_steps} from {run_dir.path}")
 
-        # Distilling on a few hundred unlabeled inputs, training can end worse on held-out inputs
-        # than where it started (a deep net overfits ~100 samples): keep the smallest epoch whose
-        # val change is no worse than the start's (from ptq's steps: calibrated ptq itself), else
-        # the start. With labels the last epoch is kept, as before.
-        keep_best = self.task.kind == "distill" and self.val is not None and self.val.labels is None
+        # What to keep. With a budget (``keep_within``: finetune's continuation search) the smallest
+        # epoch within it, the start included. Distilling on a few hundred unlabeled inputs without
+        # one, training can end worse on held-out inputs than where it started (a deep net overfits
+        # ~100 samples): the budget is then the start's val change (from ptq's steps: calibrated
+        # ptq itself), so the start is kept unless an epoch is smaller and no worse. Else, as
+        # before, the last epoch.
+        budget = self.o.keep_within
+        implicit = budget is None and self.task.kind == "distill" and self.val is not None and self.val.labels is None
+        keep_best = self.val is not None and (budget is not None or implicit)
         best = state.get("best") if state else None
         best_params = run_dir.arrays() if best is not None else None
-        if keep_best and best is None:
+        if state and keep_best:
+            budget = state["budget"]
+        elif keep_best:
             start_params = self._own(session.parameters(trainable_only=True))
             best = {"epoch": 0, "val_error": self.evaluate(session, self.val),
-                    "estimated_bytes": latent_entropy_bits(self.spec, start_params) / 8.0}
+                    "estimated_bytes": latent_entropy_bits(self.spec, start_params) / 8.0,
+                    "lambda": lambda_at(0, self.steps_per_epoch, self.total_steps, self.o)}
             best_params = start_params
-            self.say(f"  start: val change {100 * best['val_error']:.2f}%, latents {best['estimated_bytes'] / 1000:.1f} KB; "
-                     "keeping the smallest epoch no worse than that")
+            budget = best["val_error"] if implicit else budget
+            self.say(f"  start: val {'change' if self.val.labels is None else 'error'} {100 * best['val_error']:.2f}%, "
+                     f"latents {best['estimated_bytes'] / 1000:.1f} KB; keeping the smallest epoch "
+                     + ("no worse than that" if implicit else f"within {100 * budget:.2f}%"))
 
         def save() -> None:
             session.save_checkpoint(checkpoint)
-            run_dir.save({"step": session.steps, "history": history, "best": best},
+            run_dir.save({"step": session.steps, "history": history, "best": best, "budget": budget},
                          arrays=best_params if keep_best else None)
+
+        def out_of_patience() -> bool:
+            """Over the budget for ``patience`` (settled) epochs in a row since a kept epoch met
+            it: with lambda rising, later epochs only move further away. The start alone does not
+            count: the first epochs at the peak learning rate may be over where the start was not."""
+            if not (keep_best and self.o.patience and best["epoch"] > 0 and best["val_error"] <= budget):
+                return False
+            tail = [row["val_error"] > budget for row in history if row["settled"]][-self.o.patience:]
+            return len(tail) == self.o.patience and all(tail)
 
         step_times: list[float] = []
         last_good = session.steps
         bar = self._bar(session.steps)
-        while session.steps < self.total_steps:
+        while session.steps < self.total_steps and not out_of_patience():
             epoch, position = divmod(session.steps, self.steps_per_epoch)
             sums = {"task": 0.0, "rate": 0.0, "n": 0}
             for batch_index, batch in enumerate(batches(self.train, self.batch, shuffle_seed=self.seed * 1000 + epoch)):
@@ -160,8 +220,8 @@ class EprTrainer:
                     break
                 step = session.steps
                 start = time.perf_counter()  # a step's wall time includes drawing its noise
-                session.set_lr(lr_at(step, self.total_steps, self.o))
-                feed = self._feed(batch, lambda_at(step, self.steps_per_epoch, self.o), noise_at(self.seed, step, self.spec.num_params))
+                session.set_lr(lr_at(step, self.total_steps, self.o, self.steps_per_epoch))
+                feed = self._feed(batch, lambda_at(step, self.steps_per_epoch, self.total_steps, self.o), noise_at(self.seed, step, self.spec.num_params))
                 try:
                     _, task, rate = session.step(feed)[:3]
                 except TrainingError as failure:
@@ -184,8 +244,8 @@ class EprTrainer:
                 continue
             row = self._epoch_row(session, epoch, sums)
             history.append(row)
-            if keep_best and row["val_error"] <= best["val_error"] and row["estimated_bytes"] < best["estimated_bytes"]:
-                best = {"epoch": row["epoch"], "val_error": row["val_error"], "estimated_bytes": row["estimated_bytes"]}
+            if keep_best and row["settled"] and better(row, best, budget):
+                best = {key: row[key] for key in ("epoch", "val_error", "estimated_bytes", "lambda")}
                 best_params = self._own(session.parameters(trainable_only=True))
             save()
             last_good = session.steps
@@ -193,14 +253,18 @@ class EprTrainer:
             bar.close()
         params = self._own(session.parameters(trainable_only=True))
         val = history[-1].get("val_error") if history else None
+        kept = None
         if keep_best:
             params, val = best_params, best["val_error"]
-            self.say(f"  kept {'the start' if best['epoch'] == 0 else 'epoch ' + str(best['epoch'])}: val change "
-                     f"{100 * val:.2f}%, latents {best['estimated_bytes'] / 1000:.1f} KB")
+            kept = {**best, "met": best["val_error"] <= budget}
+            self.say(f"  kept {'the start' if best['epoch'] == 0 else 'epoch ' + str(best['epoch'])}: val "
+                     f"{'change' if self.val.labels is None else 'error'} {100 * val:.2f}%"
+                     f"{'' if kept['met'] else ' (none met ' + format(100 * budget, '.2f') + '%: the most accurate)'}, "
+                     f"latents {best['estimated_bytes'] / 1000:.1f} KB")
         step_seconds = float(np.median(step_times)) if step_times else float("nan")
-        result = TrainResult(params, history, val, session.steps, step_seconds, self.task.kind)
+        result = TrainResult(params, history, val, session.steps, step_seconds, self.task.kind, kept)
         run_dir.save({"done": True, "step": result.steps, "history": history, "val_error": val,
-                      "step_seconds": step_seconds, "loss": result.loss}, arrays=params)
+                      "step_seconds": step_seconds, "loss": result.loss, "kept": kept}, arrays=params)
         return result
 
     def _own(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -243,6 +307,10 @@ class EprTrainer:
         params = session.parameters(trainable_only=True)
         entropy = latent_entropy_bits(self.spec, params)
         row = {"epoch": epoch + 1, "step": session.steps, "task_loss": sums["task"] / sums["n"],
+               "lambda": lambda_at(session.steps - 1, self.steps_per_epoch, self.total_steps, self.o),
+               # what keeping and patience look at: with lr cycles only a cycle's last epoch
+               "settled": not self.o.cycle_epochs or (epoch + 1) % self.o.cycle_epochs == 0
+               or session.steps >= self.total_steps,
                "graph_rate_bits_per_weight": sums["rate"] / sums["n"] / self.spec.num_params,
                "entropy_bits_per_weight": entropy / self.spec.num_params, "estimated_bytes": entropy / 8.0}
         if self.val is not None:

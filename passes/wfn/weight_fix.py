@@ -15,6 +15,10 @@ entropy (not log2 of the codebook size) and the runtime rebuilds W with EntropyD
 With an error budget (``--max-error`` / ``--max-error-increase``, on the validation split) a run
 that ends over budget is repeated with finer centres (order + 1) or fewer zeros (gamma0 halved),
 alternating, up to ``search_runs`` runs; the first within budget is kept, else the most accurate.
+Distilling on unlabeled data without a budget, the budget is what 8-bit rounding of the same
+weights changes on the validation split (``reference_budget``): the paper's defaults (gamma0,
+powers of two) were set on ImageNet nets and LeNets, and on other models they can change more
+than int8 does while being smaller, which is no trade-off a user asked for.
 State is saved after every round in ``<output>.train/weight-fix/``: ``--resume`` continues at
 the next round and ends with the same bytes.
 """
@@ -125,7 +129,10 @@ class WeightFixPass(CompressionPass):
         proto = to_proto(model)
         start = {n: model.graph.initializers[n].const_value.numpy().astype(np.float32) for n in names}
         fixer = _Fixer(self, proto, start)
-        budget = fixer.budget()
+        budget, budget_from = fixer.budget()
+        if budget_from == "8-bit":
+            ctx.say(f"  no labels and no error budget: a run may change the val outputs no more than 8-bit "
+                    f"rounding of these weights does ({100 * budget:.2f}%)")
         with Workspace(ctx.work_dir, self.name, ctx.resume) as workspace:
             def train(settings: tuple[float, int]) -> FixRun:
                 return fixer.fix(*settings, workspace)
@@ -141,12 +148,23 @@ class WeightFixPass(CompressionPass):
                     describe=lambda g_o: f"gamma0 {g_o[0]:g}, order {g_o[1]}", stop_when_met=True,
                     say=ctx.say, warn=ctx.warn)
                 chosen, runs = outcome.chosen.result, [t.result for t in outcome.trials]
+                if not outcome.met and budget_from == "8-bit":
+                    # Smaller than int8 but further from the original than int8: not a trade-off to
+                    # hand over unasked. The user can ask for it with a budget.
+                    raise PassError(
+                        f"weight-fix: every run changed the val outputs more than 8-bit rounding of the same weights "
+                        f"does (best {100 * outcome.chosen.val_error:.2f}%, 8-bit {100 * budget:.2f}%; runs: "
+                        + ", ".join(f"gamma0 {r.gamma0:g} order {r.order} {100 * r.val_error:.2f}%" for r in runs)
+                        + "). Nothing written: give an error budget (--max-error-increase) to accept the larger "
+                        "change, weight-fix{search_runs=..} to try finer codebooks, or use ptq --data, which "
+                        "calibrates on these inputs")
         stats = rewrite_to_codebook(model, chosen.values)
         for n in names:
             ctx.note(n, method="wfn")
         ctx.record(WeightFixReport(chosen.gamma0, chosen.val_error, chosen.history, list(self.schedule), self.delta,
                                    chosen.order, fixer.loss_kind, chosen.wall_s, stats,
-                                   [{"gamma0": r.gamma0, "order": r.order, "val_error": r.val_error} for r in runs], budget))
+                                   [{"gamma0": r.gamma0, "order": r.order, "val_error": r.val_error} for r in runs],
+                                   budget, budget_from))
         ctx.say(f"  fixed {stats.weights:,} weights to {stats.unique} values network-wide, "
                 f"{stats.entropy_bits:.3f} bits/weight pooled entropy ({100 * stats.zeros:.1f}% zeros)")
         return ir.passes.PassResult(model, True)
@@ -217,12 +235,13 @@ class WeightFixReport(PassReport):
     stats: CodebookStats
     runs: list[dict]       # every run of a budget search: gamma0, order, val error
     budget: float | None
+    budget_from: str       # given (--max-error...), 8-bit (reference_budget) or "" (none)
 
     def as_json(self) -> dict[str, Any]:
         row = super().as_json()
         stats = row.pop("stats")
-        runs, budget = row.pop("runs"), row.pop("budget")
-        return {**row, **stats, "runs": runs, "budget": budget}
+        runs, budget, budget_from = row.pop("runs"), row.pop("budget"), row.pop("budget_from")
+        return {**row, **stats, "runs": runs, "budget": budget, "budget_from": budget_from}
 
     def summary(self) -> str:
         s = self.stats
@@ -260,10 +279,27 @@ class _Fixer:
         """ce or distill as resolved against the data; the option as given when nothing trains."""
         return self.task.kind if self.task else self.p.loss
 
-    def budget(self) -> float | None:
+    def budget(self) -> tuple[float | None, str]:
+        """The val error a run may end at and where it comes from: the user's budget ("given"),
+        else, distilling on unlabeled data, ``reference_budget`` ("8-bit"), else none."""
         ctx = self.p.context
         val = self.data.val if self.data is not None else None
-        return error_budget(ctx.max_error, ctx.max_error_increase, val, self.teacher.session if self.teacher else None)
+        given = error_budget(ctx.max_error, ctx.max_error_increase, val, self.teacher.session if self.teacher else None)
+        if given is not None:
+            return given, "given"
+        if self.task is not None and self.task.kind == "distill" and val is not None and val.labels is None:
+            return self.reference_budget(), "8-bit"
+        return None, ""
+
+    def reference_budget(self) -> float:
+        """The val change of rounding every weight weight-fix would fix to 8 bits (symmetric, one
+        step per tensor: onnxruntime's default int8 weights, without its activation rounding,
+        so a stricter bar than int8 itself)."""
+        rounded = {}
+        for name, w in self.start.items():
+            step = float(np.abs(w).max()) / 127.0
+            rounded[name] = w if step == 0 else (np.round(w / step) * step).astype(np.float32)
+        return self.val_error(rounded)
 
     def val_error(self, values: dict[str, np.ndarray]) -> float | None:
         if self.data is None or self.data.val is None:

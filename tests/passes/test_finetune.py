@@ -69,8 +69,8 @@ def test_distillation_needs_no_labels(mlp, tmp_path):
     assert 0.0 <= report["training"]["val_error"] <= 1.0  # disagreement with the original model
 
 
-def test_error_budget_searches_lambda(mlp, digits, tmp_path):
-    pipeline = "normalize,epr-reparam{prior=logistic},finetune{epochs=1 search_runs=3},pack"
+def test_error_budget_searches_lambda_by_separate_runs(mlp, digits, tmp_path):
+    pipeline = "normalize,epr-reparam{prior=logistic},finetune{epochs=1 search=runs search_runs=3},pack"
     report = compress_quiet(mlp, tmp_path / "out.onnx", pipeline, data=digits, max_error=0.95)
     search = report["metrics"]["search"]
     lambdas = [run["lambda"] for run in search["runs"]]
@@ -79,8 +79,53 @@ def test_error_budget_searches_lambda(mlp, digits, tmp_path):
     assert report["metrics"]["val_error"] <= 0.95
 
 
+CLIMB = "normalize,epr-reparam{prior=logistic},finetune{epochs=4 lr=0.005 climb_low=0.1 climb_high=100 cycle=2},pack"
+
+
+def test_the_climb_raises_lambda_in_one_run_and_keeps_the_smallest_level_within_the_budget(mlp, digits, tmp_path):
+    report = compress_quiet(mlp, tmp_path / "out.onnx", CLIMB, data=digits, max_error=0.95)
+    search = report["metrics"]["search"]
+    climb = search["runs"]
+    # every level met the loose budget: the climb runs its 1.5 x 4 epochs, one level per 2-epoch
+    # cycle, lambda rising geometrically from 0.3 x 0.1 to 0.3 x 100
+    assert [row["epoch"] for row in climb] == [2, 4, 6] and {row["phase"] for row in climb} == {"climb"}
+    assert [row["lambda"] for row in climb] == pytest.approx([0.03, 0.03 * 1000 ** 0.5, 30.0], rel=1e-6)
+    training = report["training"]
+    assert training["steps"] == 6 * 4 and search["met"]
+    # kept: the smallest level (or the start, when no level is smaller), within the budget
+    smallest = min(climb, key=lambda row: row["estimated_bytes"])
+    kept = training["kept"]
+    assert kept["met"] and training["val_error"] == kept["val_error"] <= 0.95
+    assert kept["estimated_bytes"] <= smallest["estimated_bytes"]
+    if kept["epoch"]:
+        assert kept["epoch"] == smallest["epoch"] and search["chosen_lambda"] == pytest.approx(smallest["lambda"])
+
+
+def test_a_budget_no_epoch_meets_keeps_the_most_accurate_and_says_so(mlp, digits, tmp_path):
+    report = compress_quiet(mlp, tmp_path / "out.onnx", CLIMB, data=digits, max_error=0.0)
+    search = report["metrics"]["search"]
+    assert not search["met"]
+    assert any("no level of the climb met the error budget 0.00%" in note for note in report["notes"])
+    start_and_epochs = [report["training"]["val_error"]] + [row["val_error"] for row in search["runs"]]
+    assert report["training"]["val_error"] == min(start_and_epochs)
+
+
+def test_the_climb_stops_after_patience_epochs_over_the_budget(mlp, digits, tmp_path, monkeypatch):
+    from onnxcomp.passes.epr.trainer import EprTrainer
+
+    # The val errors the climb sees: the start and epoch 1 within 0.5, then over it for good.
+    scripted = iter([0.2, 0.3, 0.6, 0.7, 0.8, 0.9, 0.9, 0.9])
+    monkeypatch.setattr(EprTrainer, "evaluate", lambda self, session, split: next(scripted))
+    pipeline = "normalize,epr-reparam{prior=logistic},finetune{epochs=8 climb_epochs=1 cycle=1 patience=2},pack"
+    report = compress_quiet(mlp, tmp_path / "out.onnx", pipeline, data=digits, max_error=0.5)
+    search = report["metrics"]["search"]
+    assert [row["epoch"] for row in search["runs"]] == [1, 2, 3]  # stopped after epochs 2 and 3 were over
+    assert report["training"]["steps"] == 3 * 4 and search["met"]
+    assert report["training"]["kept"]["epoch"] in (0, 1)  # the start or epoch 1: the only ones within
+
+
 def test_an_interrupted_search_reuses_finished_trainings_and_ends_with_the_same_bytes(mlp, digits, tmp_path, monkeypatch):
-    pipeline = "normalize,epr-reparam{prior=logistic},finetune{epochs=1 search_runs=2},pack"
+    pipeline = "normalize,epr-reparam{prior=logistic},finetune{epochs=1 search=runs search_runs=2},pack"
     compress_quiet(mlp, tmp_path / "a.onnx", pipeline, data=digits, max_error=0.95)
     real_step = TrainingSession.step
     sessions = []
@@ -174,3 +219,15 @@ def test_distilling_starts_at_ptq_and_never_keeps_an_epoch_worse_on_val_than_the
     got = rt.InferenceSession(str(tmp_path / "out.onnx")).run(None, {"x": x})[0]
     want = rt.InferenceSession(str(tmp_path / "start.onnx")).run(None, {"x": x})[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_the_climb_schedule_restarts_the_learning_rate_and_raises_lambda_once_per_cycle():
+    from onnxcomp.passes.epr.trainer import TrainOptions, lambda_at, lr_at
+
+    o = TrainOptions(lam=0.1, lambda_end=10.0, cycle_epochs=2, lr=1e-3, warmup_steps=0, lambda_warmup=0.0)
+    per_epoch, total = 5, 30  # 3 cycles of 10 steps
+    lrs = [lr_at(s, total, o, per_epoch) for s in range(total)]
+    lams = [lambda_at(s, per_epoch, total, o) for s in range(total)]
+    assert [lrs[s] for s in (0, 10, 20)] == [1e-3] * 3  # the peak at every cycle's first step
+    assert all(a > b for a, b in zip(lrs[:9], lrs[1:10]))  # cosine down within a cycle
+    assert lams[:10] == [0.1] * 10 and lams[10:20] == pytest.approx([1.0] * 10) and lams[20:] == pytest.approx([10.0] * 10)

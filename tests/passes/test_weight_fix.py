@@ -143,11 +143,42 @@ def test_error_budget_refines_order_and_gamma0_and_keeps_the_most_accurate_when_
 
 def test_distillation_without_labels_and_data_free_fixing(mlp, tmp_path):
     unlabeled = mnist_npz(tmp_path / "unlabeled.npz", "x", (64,), pool=4, labels=False)
-    report = compress_quiet(mlp, tmp_path / "out.onnx", data=unlabeled)
+    report = compress_quiet(mlp, tmp_path / "out.onnx", data=unlabeled, max_error_increase=0.9)
     assert report["weight_fixing"]["loss"] == "distill"
     assert 0.0 <= report["metrics"]["val_disagreement"] <= 1.0
     free = compress_quiet(mlp, tmp_path / "free.onnx", "normalize,weight-fix{epochs=0},pack")
     assert free["weight_fixing"]["unique"] <= 15 and "steps" not in free["weight_fixing"]["history"][0]
+
+
+def rounded_to_8_bits(path) -> onnx.ModelProto:
+    model = onnx.load(path)
+    for t in model.graph.initializer:  # every initializer of the tiny MLP is a Gemm weight or bias
+        w = onnx.numpy_helper.to_array(t)
+        step = np.abs(w).max() / 127
+        t.CopyFrom(onnx.numpy_helper.from_array((np.round(w / step) * step).astype(np.float32), t.name))
+    return model
+
+
+def test_without_labels_or_budget_a_codebook_coarser_than_8_bit_rounding_is_refused(mlp, tmp_path):
+    unlabeled = mnist_npz(tmp_path / "unlabeled.npz", "x", (64,), pool=4, labels=False)
+    pipeline = "normalize,weight-fix{schedule=0.5:1 epochs=0.5 search_runs=2},pack"
+    with pytest.raises(PassError, match=r"more than 8-bit rounding of the same weights does") as refused:
+        compress_quiet(mlp, tmp_path / "out.onnx", pipeline, data=unlabeled)
+    assert not (tmp_path / "out.onnx").exists()
+    # The bar is how far rounding each weight to 8 bits (one step per tensor) moves the val
+    # outputs, measured here independently of the pass: the tiny MLP's [N, 10] output is taken
+    # as values (no softmax follows it), so the change is the relative RMS error per feature.
+    with np.load(unlabeled) as arrays:
+        x = arrays["val/x"]
+    original = ort.InferenceSession(str(mlp)).run(None, {"x": x})[0].astype(np.float64)
+    rounded = ort.InferenceSession(rounded_to_8_bits(mlp).SerializeToString()).run(None, {"x": x})[0].astype(np.float64)
+    change = np.sqrt(np.mean(((rounded - original) ** 2).sum(0) / (original ** 2).sum(0)))
+    assert f"8-bit {100 * change:.2f}%" in str(refused.value)
+    # both runs of the search are named: powers of two, then sums of two
+    assert "gamma0 0.03125 order 0" in str(refused.value) and "gamma0 0.03125 order 1" in str(refused.value)
+    # a budget the user gives is theirs to set: the same model is then written
+    report = compress_quiet(mlp, tmp_path / "out.onnx", pipeline, data=unlabeled, max_error_increase=0.9)
+    assert report["weight_fixing"]["budget_from"] == "given" and (tmp_path / "out.onnx").exists()
 
 
 def test_batchnorm_scales_join_the_codebook_when_asked(tmp_path):
