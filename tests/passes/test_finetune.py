@@ -101,6 +101,25 @@ def test_the_climb_raises_lambda_in_one_run_and_keeps_the_smallest_level_within_
         assert kept["epoch"] == smallest["epoch"] and search["chosen_lambda"] == pytest.approx(smallest["lambda"])
 
 
+def test_an_interrupted_climb_resumes_and_ends_with_the_same_bytes(mlp, digits, tmp_path, monkeypatch):
+    compress_quiet(mlp, tmp_path / "a.onnx", CLIMB, data=digits, max_error=0.95)
+    real_step = TrainingSession.step
+
+    def interrupted(self, inputs):
+        if self.steps == 13:  # in the climb's second level, after its checkpoint at step 12 (epoch 3)
+            raise KeyboardInterrupt
+        return real_step(self, inputs)
+
+    monkeypatch.setattr(TrainingSession, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compress_quiet(mlp, tmp_path / "b.onnx", CLIMB, data=digits, max_error=0.95)
+    monkeypatch.setattr(TrainingSession, "step", real_step)
+    lines = []
+    compress(mlp, tmp_path / "b.onnx", CLIMB, data=digits, max_error=0.95, resume=True, say=lines.append)
+    assert any("resuming at step 12" in line for line in lines)
+    assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+
+
 def test_a_budget_no_epoch_meets_keeps_the_most_accurate_and_says_so(mlp, digits, tmp_path):
     report = compress_quiet(mlp, tmp_path / "out.onnx", CLIMB, data=digits, max_error=0.0)
     search = report["metrics"]["search"]
