@@ -3,6 +3,8 @@ latents move, the rate falls, runs are reproducible and resumable, and bad input
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 import pytest
@@ -20,6 +22,26 @@ FAST = "normalize,epr-reparam{prior=logistic},finetune{epochs=2 lambda=10 lr=0.0
 
 def compress_quiet(src, out, pipeline=FAST, **kw):
     return compress(src, out, pipeline, progress=False, **kw)
+
+
+@contextlib.contextmanager
+def interrupted_training(monkeypatch, when):
+    """Inside: a training step raises KeyboardInterrupt (as Ctrl-C would) once ``when(session,
+    sessions so far)`` holds, and the block must end by it; steps are real again afterwards."""
+    real_step = TrainingSession.step
+    sessions = []
+
+    def step(self, inputs):
+        if self not in sessions:
+            sessions.append(self)
+        if when(self, sessions):
+            raise KeyboardInterrupt
+        return real_step(self, inputs)
+
+    monkeypatch.setattr(TrainingSession, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        yield
+    monkeypatch.setattr(TrainingSession, "step", real_step)
 
 
 def test_training_moves_latents_and_lowers_the_rate(mlp, digits, tmp_path):
@@ -103,17 +125,9 @@ def test_the_climb_raises_lambda_in_one_run_and_keeps_the_smallest_level_within_
 
 def test_an_interrupted_climb_resumes_and_ends_with_the_same_bytes(mlp, digits, tmp_path, monkeypatch):
     compress_quiet(mlp, tmp_path / "a.onnx", CLIMB, data=digits, max_error=0.95)
-    real_step = TrainingSession.step
-
-    def interrupted(self, inputs):
-        if self.steps == 13:  # in the climb's second level, after its checkpoint at step 12 (epoch 3)
-            raise KeyboardInterrupt
-        return real_step(self, inputs)
-
-    monkeypatch.setattr(TrainingSession, "step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    # in the climb's second level, after its checkpoint at step 12 (epoch 3)
+    with interrupted_training(monkeypatch, lambda session, sessions: session.steps == 13):
         compress_quiet(mlp, tmp_path / "b.onnx", CLIMB, data=digits, max_error=0.95)
-    monkeypatch.setattr(TrainingSession, "step", real_step)
     lines = []
     compress(mlp, tmp_path / "b.onnx", CLIMB, data=digits, max_error=0.95, resume=True, say=lines.append)
     assert any("resuming at step 12" in line for line in lines)
@@ -146,20 +160,9 @@ def test_the_climb_stops_after_patience_epochs_over_the_budget(mlp, digits, tmp_
 def test_an_interrupted_search_reuses_finished_trainings_and_ends_with_the_same_bytes(mlp, digits, tmp_path, monkeypatch):
     pipeline = "normalize,epr-reparam{prior=logistic},finetune{epochs=1 search=runs search_runs=2},pack"
     compress_quiet(mlp, tmp_path / "a.onnx", pipeline, data=digits, max_error=0.95)
-    real_step = TrainingSession.step
-    sessions = []
-
-    def interrupted(self, inputs):
-        if self not in sessions:
-            sessions.append(self)
-        if len(sessions) == 2 and self.steps == 2:  # inside the second training of the search
-            raise KeyboardInterrupt
-        return real_step(self, inputs)
-
-    monkeypatch.setattr(TrainingSession, "step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    # inside the second training of the search
+    with interrupted_training(monkeypatch, lambda session, sessions: len(sessions) == 2 and session.steps == 2):
         compress_quiet(mlp, tmp_path / "b.onnx", pipeline, data=digits, max_error=0.95)
-    monkeypatch.setattr(TrainingSession, "step", real_step)
     lines = []
     compress(mlp, tmp_path / "b.onnx", pipeline, data=digits, max_error=0.95, resume=True, say=lines.append)
     assert sum("finished before the interruption" in line for line in lines) == 1
