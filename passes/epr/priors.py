@@ -103,8 +103,8 @@ def _softplus_graph(b: NodeBuilder, x: ir.Value, prefix: str) -> ir.Value:
 # The factorized rate is read from a table: -log2 p at every 1/TABLE_STEPS between -span and
 # span, from one evaluation of the density's MLP on that grid per step (a few thousand points),
 # then linearly interpolated at each latent. Evaluating the MLP at every latent's two bin edges
-# made a step 13x a plain one on LeNet-300-100 (BENCHMARKS: "EPR training step"); the table
-# costs about what the logistic prior does. The gradient reaches the prior's parameters through
+# made a step 13.5x a plain one on LeNet-300-100 (BENCHMARKS: "EPR training step"); with the
+# table it is 4.2x, 1.4x the logistic prior's (4.2x before), and below it on LeNet5. The gradient reaches the prior's parameters through
 # the table entries (GatherElements' backward) and the latents through the interpolation's slope.
 TABLE_STEPS = 8  # grid points per unit: the bin edges y +- 1/2 fall on the grid
 TABLE_TOLERANCE = 2e-3  # the bound the tests hold the table's rate to, relative to the density's

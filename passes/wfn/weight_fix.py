@@ -18,7 +18,9 @@ alternating, up to ``search_runs`` runs; the first within budget is kept, else t
 Distilling on unlabeled data without a budget, the budget is what 8-bit rounding of the same
 weights changes on the validation split (``reference_budget``): the paper's defaults (gamma0,
 powers of two) were set on ImageNet nets and LeNets, and on other models they can change more
-than int8 does while being smaller, which is no trade-off a user asked for.
+than int8 does while being smaller, which is no trade-off a user asked for: when no run of the
+search gets within it the model is refused (PassError, nothing written), and a budget the user
+gives accepts the larger change.
 State is saved after every round in ``<output>.train/weight-fix/``: ``--resume`` continues at
 the next round and ends with the same bytes.
 """
