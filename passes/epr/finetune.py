@@ -112,7 +112,7 @@ class FinetunePass(CompressionPass):
     cycle: int = field(default=3, metadata={"help": "search=climb: epochs per lambda level; the learning rate restarts at each (0: lambda rises every step at the peak rate)"})
     patience: int = field(default=2, metadata={"help": "search=climb: levels over the budget in a row that end the climb"})
     search_runs: int = field(default=4, metadata={"help": "search=runs: trainings tried to find lambda"})
-    search_factor: float = field(default=3.0, metadata={"help": "with an error budget: lambda step while only one side of the budget is known"})
+    search_factor: float = field(default=3.0, metadata={"help": "search=runs: lambda step while only one side of the budget is known"})
 
     def validate_options(self) -> None:
         bad = self.option_error

@@ -44,6 +44,7 @@ from onnxcomp.training.outputs import parse_declarations
 from onnxcomp.model_io import to_proto
 from onnxcomp.pass_base import CompressionPass, PassReport, register_pass
 from onnxcomp.passes.wfn.clustering import PAPER_SCHEDULE, CodebookStats, candidates, fix_round, threshold
+from onnxcomp.passes.quantize.step_rule import step_for
 from onnxcomp.passes.wfn.retraining import RetrainOptions, retrain_round
 from onnxcomp.training.losses import LOSSES, Teacher, change_on, resolve_loss
 from onnxcomp.training.workspace import RunDir, Trial, Workspace, fingerprint, search_budget
@@ -299,8 +300,8 @@ class _Fixer:
         so a stricter bar than int8 itself)."""
         rounded = {}
         for name, w in self.start.items():
-            step = float(np.abs(w).max()) / 127.0
-            rounded[name] = w if step == 0 else (np.round(w / step) * step).astype(np.float32)
+            step = float(step_for(w, (), 8.0, grid="peak"))  # ptq's int8 grid; 1.0 for an all-zero tensor
+            rounded[name] = (np.round(w / step) * step).astype(np.float32)
         return self.val_error(rounded)
 
     def val_error(self, values: dict[str, np.ndarray]) -> float | None:
