@@ -50,6 +50,8 @@ class EprTensor:
     noise_offset: int    # this tensor's slice of the noise input
     prior_params: dict[str, str]
     decoder: str | None  # shared decoder matrix initializer (conv "dct"), else None
+    log_step0: str | None = None  # latents=weight: the start's log step (constant); x = 64 phi exp(log_step0 - log step)
+    step_speed: float = 1.0  # the log step is step_speed x the trained initializer log_step (a power of two: exact)
 
 
 @dataclass
@@ -81,9 +83,13 @@ class EprSpec:
         return cls(**raw)
 
 
-def rounded_latents(phi: np.ndarray) -> np.ndarray:
-    """The integers the task path rounds ``phi`` to, computed with the graph's float32 arithmetic."""
-    x = np.clip(np.asarray(phi, np.float32) * np.float32(LATENT_FACTOR), np.float32(-LATENT_LIMIT), np.float32(LATENT_LIMIT))
+def rounded_latents(phi: np.ndarray, ratio: np.ndarray | None = None) -> np.ndarray:
+    """The integers the task path rounds ``phi`` to, computed with the graph's float32 arithmetic
+    (``ratio``: exp(log_step0 - log_step) as onnxruntime computes it, for latents=weight)."""
+    x = np.asarray(phi, np.float32) * np.float32(LATENT_FACTOR)
+    if ratio is not None:
+        x = x * np.asarray(ratio, np.float32)
+    x = np.clip(x, np.float32(-LATENT_LIMIT), np.float32(LATENT_LIMIT))
     q = np.trunc(x * np.float32(FIXED_POINT)).astype(np.int32)
     x_det = q.astype(np.float32) * np.float32(1.0 / FIXED_POINT)
     shifted = np.trunc(x_det + np.float32(ROUND_OFFSET + 0.5)).astype(np.int32)
@@ -108,6 +114,19 @@ def exp_in_onnxruntime(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def log_step_of(t: EprTensor, params: dict[str, np.ndarray]) -> np.ndarray:
+    """The tensor's log step as the graph computes it (the trained initializer times step_speed)."""
+    return np.asarray(params[t.log_step], np.float32) * np.float32(t.step_speed)
+
+
+def latent_ratios(spec: EprSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
+    """Per tensor the factor its latents carry beyond 64 phi: step0 / step for latents=weight
+    (computed by onnxruntime's Exp, as the training graph does), None for scaled latents."""
+    moved = [t for t in spec.tensors if t.log_step0 is not None]
+    exps = exp_in_onnxruntime({t.name: np.asarray(params[t.log_step0], np.float32) - log_step_of(t, params) for t in moved})
+    return {t.name: exps.get(t.name) for t in spec.tensors}
+
+
 def finalize_epr(model: ir.Model, context=None) -> bool:
     """Turn a (trained) EPR training graph into the inference form pack codes; False if not EPR.
 
@@ -122,10 +141,12 @@ def finalize_epr(model: ir.Model, context=None) -> bool:
     inits = graph.initializers
     taken = all_names(model)
     produced = {v.name: v for node in graph for v in node.outputs}
-    steps = exp_in_onnxruntime({t.log_step: inits[t.log_step].const_value.numpy() for t in spec.tensors})
+    values = {n: inits[n].const_value.numpy() for t in spec.tensors for n in (t.phi, t.log_step, t.log_step0) if n}
+    steps = exp_in_onnxruntime({t.log_step: log_step_of(t, values) for t in spec.tensors})
+    ratios = latent_ratios(spec, values)
     casts = []
     for t in spec.tensors:
-        k = rounded_latents(inits[t.phi].const_value.numpy())
+        k = rounded_latents(values[t.phi], ratios[t.name])
         latent = new_initializer(graph, unique_name(model, f"{t.name}.latent", taken), k)
         cast = ir.Node("", "Cast", [latent], {"to": ir.AttrInt64("to", int(ir.DataType.FLOAT))},
                        name=unique_name(model, f"{t.name}/decode_cast", taken))
@@ -159,7 +180,8 @@ def latent_entropy_bits(spec: EprSpec, params: dict[str, np.ndarray]) -> float:
     """Sum over tensors of size x empirical entropy of the rounded latents: what pack's ANS will
     spend on bitstreams, within a fraction of a percent (tables and headers come on top)."""
     total = 0.0
+    ratios = latent_ratios(spec, params)
     for t in spec.tensors:
-        k = rounded_latents(params[t.phi])
+        k = rounded_latents(params[t.phi], ratios[t.name])
         total += k.size * entropy_bits(k)
     return total

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnxcomp.data import Split, batches
 from onnxcomp.errors import TrainingError
@@ -147,6 +148,9 @@ class EprTrainer:
         self.form = trainable_form(model, sample, list(train.inputs), list(spec.trainable), "finetune")
         say(f"  {self.form.summary()}")
         self.graph = loss_graph(self.form.model, spec.rate_output, spec.num_params, self.task)
+        # latents=weight: the start's log steps, constants the latents' rounding reads beside the parameters
+        starts = {t.log_step0 for t in spec.tensors if t.log_step0}
+        self.constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in starts}
         self.steps_per_epoch = math.ceil(len(train) / self.batch)
         self.total_steps = max(1, round(options.epochs * self.steps_per_epoch))
         # What a saved state must match to be resumed: the graph, the data, the seed, the options.
@@ -185,7 +189,7 @@ class EprTrainer:
         elif keep_best:
             start_params = self._own(session.parameters(trainable_only=True))
             best = {"epoch": 0, "val_error": self.evaluate(session, self.val),
-                    "estimated_bytes": latent_entropy_bits(self.spec, start_params) / 8.0,
+                    "estimated_bytes": latent_entropy_bits(self.spec, {**self.constants, **start_params}) / 8.0,
                     "lambda": lambda_at(0, self.steps_per_epoch, self.total_steps, self.o)}
             best_params = start_params
             budget = best["val_error"] if implicit else budget
@@ -305,7 +309,7 @@ class EprTrainer:
 
     def _epoch_row(self, session: TrainingSession, epoch: int, sums: dict) -> dict:
         params = session.parameters(trainable_only=True)
-        entropy = latent_entropy_bits(self.spec, params)
+        entropy = latent_entropy_bits(self.spec, {**self.constants, **params})
         row = {"epoch": epoch + 1, "step": session.steps, "task_loss": sums["task"] / sums["n"],
                "lambda": lambda_at(session.steps - 1, self.steps_per_epoch, self.total_steps, self.o),
                # what keeping and patience look at: with lr cycles only a cycle's last epoch

@@ -14,7 +14,7 @@ from onnxcomp.errors import NothingToCompressError, PassError, PipelineError
 from onnxcomp.model_io import serialize, to_proto
 from onnxcomp.pass_base import CompileContext
 from onnxcomp.passes.epr.epr_reparam import inverse_dct_2d
-from onnxcomp.passes.epr.form import LATENT_FACTOR, EprSpec, finalize_epr, rounded_latents
+from onnxcomp.passes.epr.form import LATENT_FACTOR, EprSpec, finalize_epr, latent_ratios, rounded_latents
 from onnxcomp.pipeline import parse_pipeline
 from tests.conftest import make_model, run, tiny_cnn, tiny_mlp
 
@@ -77,6 +77,33 @@ def test_task_path_rounds_as_documented_and_exactly_on_integers(mlp_input):
     np.testing.assert_array_equal(k_exact, expected.astype(np.float32))
 
 
+def test_weight_latents_shrink_as_the_step_grows_and_finalize_rounds_as_the_graph(mlp_input):
+    """latents=weight: x = 64 phi step0 / step, so at an unchanged weight a larger step is a
+    smaller latent; finalize's numpy twin picks the integers the graph's task path rounds to."""
+    model = reparam(tiny_mlp(), "{latents=weight per_channel=true step_speed=4}")
+    spec = EprSpec.from_model(model)
+    w1 = spec.tensors[0]
+    inits = model.graph.initializers
+    assert w1.log_step0 and w1.log_step0 not in spec.trainable  # a constant, not trained
+    rng = np.random.default_rng(3)
+    phi = (rng.normal(0, 8, w1.shape) / LATENT_FACTOR).astype(np.float32)
+    log_step = inits[w1.log_step].const_value.numpy()
+    grown = (log_step + rng.uniform(0.1, 0.9, log_step.shape) / 4).astype(np.float32)  # each channel's step grows
+    set_latents(model, {w1.phi: phi, w1.log_step: grown})
+    (k,) = run(with_outputs(model, [w1.k]), feeds(model, mlp_input))
+    values = {n: inits[n].const_value.numpy() for t in spec.tensors for n in (t.phi, t.log_step, t.log_step0)}
+    expected = rounded_latents(phi, latent_ratios(spec, values)[w1.name])
+    assert np.abs(k - expected).max() < 2e-5
+    assert np.abs(expected).sum() < np.abs(rounded_latents(phi)).sum()  # the same phi at a larger step: smaller latents
+
+
+def test_auto_latents_train_the_weight_unless_an_error_budget_is_searched():
+    assert all(t.log_step0 for t in EprSpec.from_model(reparam(tiny_mlp())).tensors)
+    model = ir.serde.deserialize_model(tiny_mlp())
+    parse_pipeline("normalize,epr-reparam").run(model, CompileContext(progress=False, max_error_increase=0.01))
+    assert not any(t.log_step0 for t in EprSpec.from_model(model).tensors)  # finetune's climb settles scaled latents
+
+
 def test_initial_graph_is_the_original_model_quantized(mlp_input):
     proto = tiny_mlp()
     (reference,) = run(proto, mlp_input)
@@ -86,7 +113,8 @@ def test_initial_graph_is_the_original_model_quantized(mlp_input):
 
 
 @pytest.mark.parametrize("builder, options", [(tiny_mlp, "{prior=logistic}"), (tiny_mlp, "{per_channel=true}"),
-                                              (tiny_cnn, "{conv_decoder=dct}"), (tiny_cnn, "{conv_decoder=dct share_decoders=false}")])
+                                              (tiny_cnn, "{conv_decoder=dct}"), (tiny_cnn, "{conv_decoder=dct share_decoders=false}"),
+                                              (tiny_mlp, "{latents=weight per_channel=true}"), (tiny_cnn, "{latents=weight step_speed=8}")])
 def test_packed_outputs_equal_the_graph_at_rounded_latents(builder, options, mlp_input, cnn_input):
     inputs = mlp_input if builder is tiny_mlp else cnn_input
     model = reparam(builder(), options)
@@ -98,6 +126,8 @@ def test_packed_outputs_equal_the_graph_at_rounded_latents(builder, options, mlp
         x = np.where(rng.random(t.shape) < 0.7, 0.0, rng.normal(0, 6, t.shape))
         moved[t.phi] = (np.rint(x) / LATENT_FACTOR).astype(np.float32)
         moved[t.log_step] = model.graph.initializers[t.log_step].const_value.numpy() + np.float32(0.37)
+        if t.log_step0:  # latents=weight: the same start step, so that x = 64 phi stays on the integers
+            moved[t.log_step0] = moved[t.log_step] * np.float32(t.step_speed)
     set_latents(model, moved)
     # Same session options on both sides: the thread count changes float summation order.
     graph_outputs = run(to_proto(model), feeds(model, inputs), ort.SessionOptions())
@@ -139,6 +169,10 @@ def test_bad_input_is_named():
         parse_pipeline("epr-reparam{prior=gaussian}")
     with pytest.raises(PipelineError, match="conv_decoder"):
         parse_pipeline("epr-reparam{conv_decoder=fft}")
+    with pytest.raises(PipelineError, match="step_speed=3"):
+        parse_pipeline("epr-reparam{step_speed=3}")
+    with pytest.raises(PipelineError, match="latents='steps'"):
+        parse_pipeline("epr-reparam{latents=steps}")
     model = reparam(tiny_mlp())
     with pytest.raises(PassError, match="already reparameterized"):
         parse_pipeline("epr-reparam").run(model, CompileContext(progress=False))

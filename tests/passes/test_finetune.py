@@ -58,6 +58,16 @@ def test_training_moves_latents_and_lowers_the_rate(mlp, digits, tmp_path):
     assert not (tmp_path / "out.onnx.train").exists()  # checkpoints go once the output is written
 
 
+def test_weight_latents_train_and_the_packed_file_scores_as_the_trained_graph(mlp, digits, tmp_path):
+    """latents=weight: the rounding finalize repeats (x = 64 phi step0 / step) is the graph's, so
+    the packed file's val error is the one training measured at its last epoch."""
+    pipeline = FAST.replace("epr-reparam{prior=logistic}", "epr-reparam{prior=logistic latents=weight}")
+    report = compress_quiet(mlp, tmp_path / "out.onnx", pipeline, data=digits)
+    start = compress_quiet(mlp, tmp_path / "start.onnx", "normalize,epr-reparam{prior=logistic latents=weight},epr-finalize,pack", data=digits)
+    assert report["payload_bytes"] < 0.95 * start["payload_bytes"]
+    assert report["metrics"]["val_error"] == pytest.approx(report["training"]["history"][-1]["val_error"], abs=0.0005)
+
+
 def test_same_seed_same_bytes_and_resume_reproduces_an_uninterrupted_run(mlp, digits, tmp_path, monkeypatch, capsys):
     compress_quiet(mlp, tmp_path / "a.onnx", data=digits, seed=3)
     compress_quiet(mlp, tmp_path / "b.onnx", data=digits, seed=3)
