@@ -30,11 +30,14 @@ gradient, so the rounding residual is computed from a gradient-free fixed-point 
 input, not RandomUniform: ORT's random state cannot be checkpointed, and a resumed run must
 reproduce an uninterrupted one bit for bit.
 
-``latents=weight`` trains the decoded weight instead of the latents (phi is the weight in units
-of the start step, a constant ``W.log_step0``): a step that grows then shrinks the latents at an
-unchanged weight, so the rate term moves the steps directly, as learned-step quantizers (LSQ)
-do. With scaled latents a larger step rescales the weight, which the task term resists, and the
-rate can fall only by moving every latent toward zero.
+``latents=weight`` (the default) trains the decoded weight instead of the latents (phi is the
+weight in units of the start step, a constant ``W.log_step0``): a step that grows then shrinks
+the latents at an unchanged weight, so the rate term moves the steps directly, as learned-step
+quantizers (LSQ) do. With ``latents=scaled`` a larger step rescales the weight, which the task
+term resists, and the rate can fall only by moving every latent toward zero. Measured at fixed
+lambdas on the three labeled models (LeNet-300-100 at 0.3 and 0.5, LeNet5-Caffe at 1, the
+Fashion-MNIST LeNet at 0.3): 10-35% fewer bytes at no more test error; from ptq's start
+(distillation on a corpus model) both keep the start (BENCHMARKS.md, issue 12).
 """
 
 from __future__ import annotations
@@ -83,15 +86,15 @@ class EprReparamPass(CompressionPass):
     conv_decoder: str = field(default="affine", metadata={"help": "conv kernels: affine, or dct (learned HWxHW decoder initialised to the inverse DCT)"})
     share_decoders: bool = field(default=True, metadata={"help": "with conv_decoder=dct, one decoder per kernel shape for the whole network"})
     step_speed: float = field(default=1.0, metadata={"help": "the learned log steps move this many times faster than the latents (a power of two, 1..64): the rate's lever with latents=weight"})
-    latents: str = field(default="auto", metadata={"help": "what training moves: scaled (the latents, x = 64 phi) or weight (the decoded weight: x = 64 phi step0 / step, so a larger step codes the same weight in fewer bits); auto = weight, scaled under an error budget (finetune's climb)"})
+    latents: str = field(default="weight", metadata={"help": "what training moves: weight (the decoded weight: x = 64 phi step0 / step, so a larger step codes the same weight in fewer bits) or scaled (the latents, x = 64 phi)"})
 
     def validate_options(self) -> None:
         if self.prior not in PRIORS:
             raise PipelineError(f"pass 'epr-reparam': option prior={self.prior!r} must be one of {sorted(PRIORS)}")
         if self.conv_decoder not in ("affine", "dct"):
             raise PipelineError(f"pass 'epr-reparam': option conv_decoder={self.conv_decoder!r} must be affine or dct")
-        if self.latents not in ("auto", "scaled", "weight"):
-            raise PipelineError(f"pass 'epr-reparam': option latents={self.latents!r} must be auto, scaled or weight")
+        if self.latents not in ("scaled", "weight"):
+            raise PipelineError(f"pass 'epr-reparam': option latents={self.latents!r} must be weight or scaled")
         if self.step_speed not in [2.0**i for i in range(7)]:
             raise PipelineError(f"pass 'epr-reparam': option step_speed={self.step_speed:g} must be a power of two from 1 to 64")
         if self.start not in ("auto", "rule", "ptq"):
@@ -124,9 +127,6 @@ class EprReparamPass(CompressionPass):
         if self._start_bits is not None:
             mean = sum(self._start_bits.values()) / len(self._start_bits)
             self.context.say(f"  initial steps from ptq's search, per channel (mean {mean:.2f} bits on int8's grid)")
-        self._latents = self.latents_from()
-        if self.latents == "auto":
-            self.context.say(f"  latents={self._latents} ({'scaled: an error budget is searched' if self._latents == 'scaled' else 'no error budget'})")
         rng = np.random.default_rng(self.context.seed)
         b = NodeBuilder(model, all_names(model))
         total = sum(int(np.prod(w.shape)) for w in weights)
@@ -162,19 +162,6 @@ class EprReparamPass(CompressionPass):
         data = self.context.data
         train = None if data is None else data.train
         return "ptq" if train is not None and train.labels is None else "rule"
-
-    def latents_from(self) -> str:
-        """``latents`` with auto resolved. Why: at a fixed lambda, weight latents ended smaller at
-        no more error on all three labeled models measured (LeNet-300-100 at lambda 0.3 and 0.5,
-        LeNet5-Caffe at 1, the Fashion-MNIST LeNet at 0.3: 10-35% fewer bytes; BENCHMARKS.md,
-        issue 12), and from ptq's start (distillation) both keep the start. Under an error budget
-        finetune climbs lambda in 3-epoch levels, which weight latents do not settle within (the
-        steps keep moving the roundings until the learning rate decays): the climb kept 25.2 KB on
-        LeNet-300-100 where scaled latents keep 7.1 KB."""
-        if self.latents != "auto":
-            return self.latents
-        budget = self.context.max_error is not None or self.context.max_error_increase is not None
-        return "scaled" if budget else "weight"
 
     def _ptq_bits(self, model: ir.Model, weights: list[Weight]) -> dict[str, float]:
         """Per-weight bits of quantize's default search (output change within int8's weights' or,
@@ -237,7 +224,7 @@ class EprReparamPass(CompressionPass):
         else:
             log_step_value = log_step
         log_step0 = None
-        if self._latents == "weight":
+        if self.latents == "weight":
             log_step0 = new_initializer(graph, b.name(f"{name}.log_step0"), start_log_step)
 
         def latent(role: str) -> ir.Value:

@@ -11,6 +11,13 @@ each level and decays to 0 by its end, so every level's rounded model is measure
 validation split (mid-cycle, at the peak rate, val error is 0.5-1 point higher on LeNet-300-100:
 a budget would end the climb on noise). The smallest level within the budget is kept; the run
 stops once ``patience`` levels in a row are over it (a higher lambda only moves further).
+When training moves the weights (``epr-reparam`` latents=weight, the default; ``climb_from=trained``)
+the climb first trains once at ``lambda`` with the usual schedule, then spends the rest of the
+``climb_epochs`` in levels ``climb_factor`` apart from there: up while that training is within
+the budget, down when it is over. Weight latents settle only in a long decay (the learned steps
+keep moving roundings until the learning rate is low), so 3-epoch levels from the start end far
+above the fixed lambda's size (LeNet-300-100: 25.2 KB kept where one training at lambda 0.3
+gives 6.7 KB at no more val error).
 
 Why these defaults (LeNet-300-100, BENCHMARKS.md "EPR budget search"): the rate follows lambda
 with a lag (the latents move at the learning rate's pace), so a level's size and error depend on
@@ -34,6 +41,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx import numpy_helper
 
 from onnxcomp.errors import DataError, PassError
 from onnxcomp.metrics import error_budget
@@ -106,9 +114,11 @@ class FinetunePass(CompressionPass):
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints (also one per epoch)"})
     threads: int = field(default=1, metadata={"help": "ORT threads; results are reproducible for a fixed count (0 = all cores)"})
     search: str = field(default="climb", metadata={"help": "with an error budget: climb (one run of rising lambda; module doc) or runs (separate trainings)"})
-    climb_low: float = field(default=0.3, metadata={"help": "search=climb: lambda starts at this times lambda"})
-    climb_high: float = field(default=10.0, metadata={"help": "search=climb: lambda would end at this times lambda"})
-    climb_epochs: float = field(default=1.5, metadata={"help": "search=climb: the climb's length at most, in multiples of epochs"})
+    climb_from: str = field(default="auto", metadata={"help": "search=climb: start (lambda rises from climb_low x lambda from the first step) or trained (one full training at lambda, then levels of climb_factor up, or down when it is over the budget); auto = trained when training moves the weights (epr-reparam latents=weight), else start"})
+    climb_factor: float = field(default=1.4, metadata={"help": "search=climb climb_from=trained: lambda's factor per level"})
+    climb_low: float = field(default=0.3, metadata={"help": "search=climb climb_from=start: lambda starts at this times lambda"})
+    climb_high: float = field(default=10.0, metadata={"help": "search=climb climb_from=start: lambda would end at this times lambda"})
+    climb_epochs: float = field(default=1.5, metadata={"help": "search=climb: the search's length at most, in multiples of epochs (climb_from=trained: the training included)"})
     cycle: int = field(default=3, metadata={"help": "search=climb: epochs per lambda level; the learning rate restarts at each (0: lambda rises every step at the peak rate)"})
     patience: int = field(default=2, metadata={"help": "search=climb: levels over the budget in a row that end the climb"})
     search_runs: int = field(default=4, metadata={"help": "search=runs: trainings tried to find lambda"})
@@ -141,6 +151,10 @@ class FinetunePass(CompressionPass):
             raise bad("search", self.search, "climb or runs")
         if not 0 < self.climb_low <= 1 <= self.climb_high or self.climb_low == self.climb_high:
             raise bad("climb_low/climb_high", f"{self.climb_low}/{self.climb_high}", "0 < climb_low <= 1 <= climb_high, not equal")
+        if self.climb_from not in ("auto", "start", "trained"):
+            raise bad("climb_from", self.climb_from, "auto, start or trained")
+        if not self.climb_factor > 1:
+            raise bad("climb_factor", self.climb_factor, "> 1")
         if self.cycle < 0:
             raise bad("cycle", self.cycle, ">= 0")
         if self.patience < 1:
@@ -214,13 +228,36 @@ class FinetunePass(CompressionPass):
         """Continuation (module doc). Returns the kept lambda, the run's result, every level
         measured (``run_row``s), and whether one met the budget."""
         ctx = self.context
-        low, high = self.lam * self.climb_low, self.lam * self.climb_high
+        trained = self.climb_from == "trained" or (self.climb_from == "auto" and any(t.log_step0 for t in spec.tensors))
+        base, runs = None, []
+        if trained:
+            # Weight latents settle only in a long decay (the steps keep moving roundings until the
+            # learning rate is low): a 3-epoch level from the start is far above the fixed
+            # lambda's size. So one full training at lambda first, then short levels from there.
+            ctx.say(f"  searching lambda for val error <= {100 * budget:.2f}%: one training at {self.lam:g}, then levels from it")
+            base = self._train(proto, spec, teacher, self.train_options(self.lam), workspace, f"lambda-{self.lam:g}")
+            runs.append(run_row(self.lam, base.val_error, base.estimated_bytes, "train", len(base.history)))
+            factor = self.climb_factor if base.val_error <= budget else 1.0 / self.climb_factor
+            levels = max(1, math.floor((self.climb_epochs - 1.0) * self.epochs / max(1, self.cycle)))  # whole levels
+            epochs = levels * max(1, self.cycle)
+            low, high = self.lam * factor, self.lam * factor**levels
+            proto = with_parameters(proto, base.parameters)
+        else:
+            low, high = self.lam * self.climb_low, self.lam * self.climb_high
+            epochs = self.climb_epochs * self.epochs
         ctx.say(f"  searching lambda {low:g} -> {high:g} in one run for val error <= {100 * budget:.2f}%")
         climb = self._train(proto, spec, teacher, self.train_options(
-            low, epochs=self.climb_epochs * self.epochs, lambda_end=high, cycle_epochs=self.cycle, decay=0.0,
+            low, epochs=epochs, lambda_end=high, cycle_epochs=self.cycle, decay=0.0,
             lambda_warmup=0.0, keep_within=budget, patience=self.patience), workspace, "climb")
-        runs = [run_row(row["lambda"], row["val_error"], row["estimated_bytes"], "climb", row["epoch"])
-                for row in climb.history if row["settled"]]  # a level's last epoch, at the end of its cycle
+        if base is not None:  # one history, one step count: the climb's epochs follow the training's
+            offset = len(base.history)
+            climb = dataclasses.replace(
+                climb, history=base.history + [{**row, "epoch": row["epoch"] + offset} for row in climb.history],
+                steps=base.steps + climb.steps,
+                kept={**climb.kept, "epoch": climb.kept["epoch"] + offset,
+                      "lambda": self.lam if climb.kept["epoch"] == 0 else climb.kept["lambda"]})  # the climb's start is the training's end
+        runs += [run_row(row["lambda"], row["val_error"], row["estimated_bytes"], "climb", row["epoch"])
+                 for row in climb.history[len(base.history) if base else 0:] if row["settled"]]  # a level's last epoch
         kept = climb.kept
         if not kept["met"]:
             ctx.warn(f"{self.name}: no level of the climb met the error budget {100 * budget:.2f}%; kept "
@@ -236,6 +273,15 @@ class FinetunePass(CompressionPass):
         schedule = f"lambda {options.lam:g}" + ("" if options.lambda_end is None else f" -> {options.lambda_end:g}")
         ctx.say(f"  training with {schedule}: {trainer.total_steps} steps of {trainer.batch}, loss {trainer.task.kind}")
         return trainer.run(workspace.run(tag, trainer.fingerprint))
+
+
+def with_parameters(proto: onnx.ModelProto, parameters: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``proto`` whose initializers named in ``parameters`` hold those values."""
+    out = onnx.ModelProto.FromString(proto.SerializeToString())
+    for init in out.graph.initializer:
+        if init.name in parameters:
+            init.CopyFrom(numpy_helper.from_array(np.asarray(parameters[init.name], np.float32), init.name))
+    return out
 
 
 def run_row(lam: float, val_error: float | None, estimated_bytes: float | None, phase: str | None = None,

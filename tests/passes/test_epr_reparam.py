@@ -97,11 +97,9 @@ def test_weight_latents_shrink_as_the_step_grows_and_finalize_rounds_as_the_grap
     assert np.abs(expected).sum() < np.abs(rounded_latents(phi)).sum()  # the same phi at a larger step: smaller latents
 
 
-def test_auto_latents_train_the_weight_unless_an_error_budget_is_searched():
+def test_latents_train_the_weight_by_default_and_scaled_on_request():
     assert all(t.log_step0 for t in EprSpec.from_model(reparam(tiny_mlp())).tensors)
-    model = ir.serde.deserialize_model(tiny_mlp())
-    parse_pipeline("normalize,epr-reparam").run(model, CompileContext(progress=False, max_error_increase=0.01))
-    assert not any(t.log_step0 for t in EprSpec.from_model(model).tensors)  # finetune's climb settles scaled latents
+    assert not any(t.log_step0 for t in EprSpec.from_model(reparam(tiny_mlp(), "{latents=scaled}")).tensors)
 
 
 def test_initial_graph_is_the_original_model_quantized(mlp_input):

@@ -111,7 +111,7 @@ def test_error_budget_searches_lambda_by_separate_runs(mlp, digits, tmp_path):
     assert report["metrics"]["val_error"] <= 0.95
 
 
-CLIMB = "normalize,epr-reparam{prior=logistic},finetune{epochs=4 lr=0.005 climb_low=0.1 climb_high=100 cycle=2},pack"
+CLIMB = "normalize,epr-reparam{prior=logistic},finetune{epochs=4 lr=0.005 climb_from=start climb_low=0.1 climb_high=100 cycle=2},pack"
 
 
 def test_the_climb_raises_lambda_in_one_run_and_keeps_the_smallest_level_within_the_budget(mlp, digits, tmp_path):
@@ -131,6 +131,38 @@ def test_the_climb_raises_lambda_in_one_run_and_keeps_the_smallest_level_within_
     assert kept["estimated_bytes"] <= smallest["estimated_bytes"]
     if kept["epoch"]:
         assert kept["epoch"] == smallest["epoch"] and search["chosen_lambda"] == pytest.approx(smallest["lambda"])
+
+
+CLIMB_TRAINED = "normalize,epr-reparam{prior=logistic latents=weight},finetune{epochs=4 lr=0.005 cycle=1 climb_factor=2},pack"
+
+
+def test_the_climb_from_a_trained_model_goes_up_within_the_budget_and_down_over_it(mlp, digits, tmp_path):
+    report = compress_quiet(mlp, tmp_path / "up.onnx", CLIMB_TRAINED, data=digits, max_error=0.95)
+    runs = report["metrics"]["search"]["runs"]
+    # one training at lambda (4 epochs), then whole 1-epoch levels over the other 0.5 x 4 epochs
+    assert [(r["phase"], r["epoch"]) for r in runs] == [("train", 4), ("climb", 5), ("climb", 6)]
+    assert [r["lambda"] for r in runs] == pytest.approx([0.3, 0.6, 1.2])
+    training = report["training"]
+    assert training["steps"] == 6 * 4 and [row["epoch"] for row in training["history"]] == [1, 2, 3, 4, 5, 6]
+    kept = training["kept"]
+    assert kept["met"] and kept["estimated_bytes"] == min(r["estimated_bytes"] for r in runs)
+    chosen = next(r for r in runs if r["epoch"] == kept["epoch"])  # the training's end counts as its own lambda
+    assert report["metrics"]["search"]["chosen_lambda"] == pytest.approx(chosen["lambda"]) == training["lambda"]
+    down = compress_quiet(mlp, tmp_path / "down.onnx", CLIMB_TRAINED, data=digits, max_error=0.0)
+    assert [r["lambda"] for r in down["metrics"]["search"]["runs"]] == pytest.approx([0.3, 0.15, 0.075])
+    assert not down["metrics"]["search"]["met"]
+
+
+def test_an_interrupted_climb_from_a_trained_model_reuses_the_training_and_ends_with_the_same_bytes(mlp, digits, tmp_path, monkeypatch):
+    compress_quiet(mlp, tmp_path / "a.onnx", CLIMB_TRAINED, data=digits, max_error=0.95)
+    # in the climb's second level, after the checkpoint of its first (step 4 of the climb's session)
+    with interrupted_training(monkeypatch, lambda session, sessions: len(sessions) == 2 and session.steps == 5):
+        compress_quiet(mlp, tmp_path / "b.onnx", CLIMB_TRAINED, data=digits, max_error=0.95)
+    lines = []
+    compress(mlp, tmp_path / "b.onnx", CLIMB_TRAINED, data=digits, max_error=0.95, resume=True, say=lines.append)
+    assert any("finished before the interruption" in line for line in lines)
+    assert any("resuming at step 4" in line for line in lines)
+    assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
 
 
 def test_an_interrupted_climb_resumes_and_ends_with_the_same_bytes(mlp, digits, tmp_path, monkeypatch):
@@ -159,7 +191,7 @@ def test_the_climb_stops_after_patience_epochs_over_the_budget(mlp, digits, tmp_
     # The val errors the climb sees: the start and epoch 1 within 0.5, then over it for good.
     scripted = iter([0.2, 0.3, 0.6, 0.7, 0.8, 0.9, 0.9, 0.9])
     monkeypatch.setattr(EprTrainer, "evaluate", lambda self, session, split: next(scripted))
-    pipeline = "normalize,epr-reparam{prior=logistic},finetune{epochs=8 climb_epochs=1 cycle=1 patience=2},pack"
+    pipeline = "normalize,epr-reparam{prior=logistic},finetune{epochs=8 climb_from=start climb_epochs=1 cycle=1 patience=2},pack"
     report = compress_quiet(mlp, tmp_path / "out.onnx", pipeline, data=digits, max_error=0.5)
     search = report["metrics"]["search"]
     assert [row["epoch"] for row in search["runs"]] == [1, 2, 3]  # stopped after epochs 2 and 3 were over
