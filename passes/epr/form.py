@@ -103,15 +103,16 @@ def exp_in_onnxruntime(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
     from onnx import helper
 
-    out = {}
-    for name, array in arrays.items():
-        graph = helper.make_graph([helper.make_node("Exp", ["x"], ["y"])], "exp",
-                                  [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(array.shape))],
-                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, list(array.shape))])
-        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        out[name] = session.run(None, {"x": np.ascontiguousarray(array, np.float32)})[0]
-    return out
+    if not arrays:
+        return {}
+    # One session for all (input of any shape: each array runs as the graph holds it, since
+    # the kernel's vectorized and tail paths depend on an element's position).
+    graph = helper.make_graph([helper.make_node("Exp", ["x"], ["y"])], "exp",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return {name: session.run(None, {"x": np.ascontiguousarray(array, np.float32)})[0] for name, array in arrays.items()}
 
 
 def log_step_of(t: EprTensor, params: dict[str, np.ndarray]) -> np.ndarray:
