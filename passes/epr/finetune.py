@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import numpy_helper
 
 from onnxcomp.errors import DataError, PassError
 from onnxcomp.metrics import error_budget
@@ -51,6 +50,7 @@ from onnxcomp.pass_base import CompressionPass, PassReport, register_pass
 from onnxcomp.passes.epr.form import EprSpec, finalize_epr
 from onnxcomp.passes.epr.trainer import EprTrainer, TrainOptions, TrainResult
 from onnxcomp.training.losses import LOSSES, Teacher
+from onnxcomp.training.session import apply_parameters
 from onnxcomp.training.workspace import Trial, Workspace, search_budget
 
 
@@ -238,10 +238,11 @@ class FinetunePass(CompressionPass):
             base = self._train(proto, spec, teacher, self.train_options(self.lam), workspace, f"lambda-{self.lam:g}")
             runs.append(run_row(self.lam, base.val_error, base.estimated_bytes, "train", len(base.history)))
             factor = self.climb_factor if base.val_error <= budget else 1.0 / self.climb_factor
-            levels = max(1, math.floor((self.climb_epochs - 1.0) * self.epochs / max(1, self.cycle)))  # whole levels
-            epochs = levels * max(1, self.cycle)
+            cycle = max(1, self.cycle)
+            levels = max(1, math.floor((self.climb_epochs - 1.0) * self.epochs / cycle))  # whole levels
+            epochs = levels * cycle
             low, high = self.lam * factor, self.lam * factor**levels
-            proto = with_parameters(proto, base.parameters)
+            proto = apply_parameters(proto, base.parameters)
         else:
             low, high = self.lam * self.climb_low, self.lam * self.climb_high
             epochs = self.climb_epochs * self.epochs
@@ -273,15 +274,6 @@ class FinetunePass(CompressionPass):
         schedule = f"lambda {options.lam:g}" + ("" if options.lambda_end is None else f" -> {options.lambda_end:g}")
         ctx.say(f"  training with {schedule}: {trainer.total_steps} steps of {trainer.batch}, loss {trainer.task.kind}")
         return trainer.run(workspace.run(tag, trainer.fingerprint))
-
-
-def with_parameters(proto: onnx.ModelProto, parameters: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``proto`` whose initializers named in ``parameters`` hold those values."""
-    out = onnx.ModelProto.FromString(proto.SerializeToString())
-    for init in out.graph.initializer:
-        if init.name in parameters:
-            init.CopyFrom(numpy_helper.from_array(np.asarray(parameters[init.name], np.float32), init.name))
-    return out
 
 
 def run_row(lam: float, val_error: float | None, estimated_bytes: float | None, phase: str | None = None,

@@ -189,7 +189,7 @@ class EprTrainer:
         elif keep_best:
             start_params = self._own(session.parameters(trainable_only=True))
             best = {"epoch": 0, "val_error": self.evaluate(session, self.val),
-                    "estimated_bytes": latent_entropy_bits(self.spec, {**self.constants, **start_params}) / 8.0,
+                    "estimated_bytes": self._latent_bits(start_params) / 8.0,
                     "lambda": lambda_at(0, self.steps_per_epoch, self.total_steps, self.o)}
             best_params = start_params
             budget = best["val_error"] if implicit else budget
@@ -271,6 +271,11 @@ class EprTrainer:
                       "step_seconds": step_seconds, "loss": result.loss, "kept": kept}, arrays=params)
         return result
 
+    def _latent_bits(self, params: dict[str, np.ndarray]) -> float:
+        """What pack will spend on the rounded latents of ``params`` (latent_entropy_bits, with the
+        constants weight latents read beside the trained parameters)."""
+        return latent_entropy_bits(self.spec, {**self.constants, **params})
+
     def _own(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The trained parameters that are the graph's (not the trainable form's anchors)."""
         return {name: value for name, value in params.items() if name not in self.form.anchors}
@@ -309,7 +314,7 @@ class EprTrainer:
 
     def _epoch_row(self, session: TrainingSession, epoch: int, sums: dict) -> dict:
         params = session.parameters(trainable_only=True)
-        entropy = latent_entropy_bits(self.spec, {**self.constants, **params})
+        entropy = self._latent_bits(params)
         row = {"epoch": epoch + 1, "step": session.steps, "task_loss": sums["task"] / sums["n"],
                "lambda": lambda_at(session.steps - 1, self.steps_per_epoch, self.total_steps, self.o),
                # what keeping and patience look at: with lr cycles only a cycle's last epoch
