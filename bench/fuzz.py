@@ -49,7 +49,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PATHS = ("decode_model", "InferenceSession", "CustomOpSession", "decompress", "inspect")
+PATHS = ("decode_model", "InferenceSession", "CustomOpSession", "NativeOpSession", "decompress", "inspect")
+# CustomOpSession: the Python op (onnxruntime-extensions); NativeOpSession: CustomOpSession(op="native"),
+# the native library's kernels (skipped, with a message, where the library was not built).
+from onnxcomp.runtime import native as _native  # noqa: E402 - after the sys.path entry above
+
+if not _native.available():
+    print("fuzz: the native ai.onnxcomp library is not built: path NativeOpSession skipped", file=sys.stderr)
+    PATHS = tuple(p for p in PATHS if p != "NativeOpSession")
 FRAMINGS = ("sealed", "resealed", "legacy")
 MUTATIONS = ("bitflip", "bytes", "truncate", "field")
 BAD = ("wrong", "raw-exception", "crash", "hang", "memory", "leftover")
@@ -296,8 +303,11 @@ def run_path(path: str, data: bytes, seed: Seed, workdir: str | None, keep_outpu
     try:
         if path == "decode_model":
             outputs, err = ort_run(rt.decode_model(src))
-        elif path in ("InferenceSession", "CustomOpSession"):
-            session = getattr(rt, path)(src, _session_options())
+        elif path in ("InferenceSession", "CustomOpSession", "NativeOpSession"):
+            if path == "InferenceSession":
+                session = rt.InferenceSession(src, _session_options())
+            else:
+                session = rt.CustomOpSession(src, _session_options(), op="native" if path == "NativeOpSession" else "python")
             try:  # the session exists: what its Run does with the weights is onnxruntime's business
                 outputs, err = session.run(None, seed.feeds), None
             except Exception as exc:  # onnxruntime's own error types (a Gather index out of range)

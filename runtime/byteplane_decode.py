@@ -20,6 +20,7 @@ import numpy as np
 from onnxcomp.errors import FormatError
 
 from . import format as fmt
+from . import native
 from .entropy_decode import (DecodePlan, check_crc_attribute, iter_values, max_symbols_in, stream_words, validate_shape,
                              validate_table)
 
@@ -47,7 +48,11 @@ class BytePlanePlan:
         return out.reshape(self.shape)
 
     def decode_into(self, flat: np.ndarray) -> None:
-        """Write the decoded elements into the 1-D ``flat`` (of ``dtype``)."""
+        """Write the decoded elements into the 1-D ``flat`` (of ``dtype``): natively where the
+        library is present, else stream by stream through constriction."""
+        if native.available() and flat.flags.c_contiguous:
+            native.byte_plane_decode_into(self, flat)
+            return
         width = self.dtype.itemsize
         bits = 8 * width
         words = flat.view(UNSIGNED[width])

@@ -1,8 +1,10 @@
-"""Run compressed files as they are: ``ai.onnxcomp`` ops for onnxruntime via onnxruntime-extensions.
+"""Run compressed files as they are: ``ai.onnxcomp`` ops inside onnxruntime.
 
     sess = onnxcomp.runtime.CustomOpSession("model.onnxcomp.onnx")   # checked, then run as is
 
-or, for files you trust, on your own session options:
+Two implementations of the ops: the native library (:mod:`.native`, the default where it was
+built, and what non-Python hosts load) and, below, a Python op for onnxruntime-extensions, the
+fallback. For the Python op on files you trust, on your own session options:
 
     so = onnxruntime.SessionOptions()
     onnxcomp.runtime.register(so)
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxcomp.errors import ModelLoadError, OnnxcompError
+from onnxcomp.errors import FormatError, ModelLoadError, OnnxcompError
 
 from . import format as fmt
 from .byteplane_decode import BytePlanePlan
@@ -143,35 +145,55 @@ def register(session_options) -> None:
     session_options.register_custom_ops_library(get_library_path())
 
 
-def CustomOpSession(path_or_model: Any, sess_options: Any = None, providers: Any = None, *,
-                    max_decoded_bytes: int | None = None, verify: bool = True, **kwargs: Any):
-    """An ``onnxruntime.InferenceSession`` that runs the compressed file as it is (ai.onnxcomp
-    nodes and all) with the custom op, after checking and decoding every node here.
+OPS = ("auto", "native", "python")
 
-    Raises FormatError / ModelLoadError, as decode at load does, for any file that is not
-    exactly what onnxcomp wrote (seal, sizes, streams, CRCs), so the op never meets a bad stream
-    inside a Run (where it could only abort the process); Runs are served from the cache this
-    fills. Takes what onnxruntime's session takes. A raised ``max_decoded_bytes`` covers this
-    check; a model whose decoded tensors outgrow the cache (CACHE_MAX_BYTES) re-decodes in Runs,
-    under ONNXCOMP_MAX_DECODED_BYTES.
+
+def CustomOpSession(path_or_model: Any, sess_options: Any = None, providers: Any = None, *,
+                    max_decoded_bytes: int | None = None, verify: bool = True, op: str = "auto", **kwargs: Any):
+    """An ``onnxruntime.InferenceSession`` that runs the compressed file as it is (ai.onnxcomp
+    nodes and all) with a custom op, after checking the file here.
+
+    ``op="native"``: the native library (:mod:`.native`): this checks the seal and the graph (every
+    size and table, nothing decoded), the library's kernels then decode each node once while the
+    session is created (a bad stream fails creation with a FormatError naming the node) and serve
+    every Run from their copy. ``op="python"``: onnxruntime-extensions' Python op: every node is
+    checked and decoded here (a Python op that raises aborts the host, so no bad stream may reach
+    it) and Runs are served from the cache this fills; a model whose decoded tensors outgrow the
+    cache (CACHE_MAX_BYTES) re-decodes in Runs. ``op="auto"`` (default): native where built.
+
+    Raises FormatError / ModelLoadError, as decode at load does, for any file that is not exactly
+    what onnxcomp wrote. Takes what onnxruntime's session takes.
     """
     import onnxruntime as ort
 
+    from . import native
     from .load import check_graph, read_model_bytes
 
+    if op not in OPS:
+        raise OnnxcompError(f"op={op!r}: choose one of {', '.join(OPS)}")
+    use_native = op == "native" or (op == "auto" and native.available())
+    library = native.native_library_path() if use_native else None  # raises NativeLibraryMissing
     data = read_model_bytes(path_or_model)
     checked = check_graph(data, verify=verify, max_decoded_bytes=max_decoded_bytes)
-    if checked is not None:
+    if checked is not None and not use_native:
         for t in checked.tensors:
             for node in t.parts:
                 attrs = {k: v for k, v in node.int_attrs.items() if k in OP_ATTRIBUTES[node.op_type]}
                 _decode_cached(checked.node_inputs[id(node)], attrs, node.op_type, max_decoded_bytes)
+    del checked
     if sess_options is None:
         sess_options = ort.SessionOptions()
-    register(sess_options)
-    model = path_or_model if isinstance(path_or_model, (str, os.PathLike)) else data
+    if use_native:
+        sess_options.register_custom_ops_library(library)
+    else:
+        register(sess_options)
+    model = os.fspath(path_or_model) if isinstance(path_or_model, (str, os.PathLike)) else data
+    del data
     try:
-        return ort.InferenceSession(model if not isinstance(model, os.PathLike) else os.fspath(model), sess_options,
-                                    providers=providers or ["CPUExecutionProvider"], **kwargs)
+        with native.decode_budget(max_decoded_bytes):
+            return ort.InferenceSession(model, sess_options, providers=providers or ["CPUExecutionProvider"], **kwargs)
     except Exception as exc:  # onnxruntime's own Fail/InvalidGraph types
-        raise ModelLoadError(f"onnxruntime rejected the model: {exc}") from None
+        text = str(exc)
+        if native.ERROR_PREFIX in text:  # a kernel of the library refused its node
+            raise FormatError(text[text.index(native.ERROR_PREFIX) + len(native.ERROR_PREFIX):].strip()) from None
+        raise ModelLoadError(f"onnxruntime rejected the model: {text}") from None

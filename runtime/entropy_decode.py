@@ -20,6 +20,7 @@ import numpy as np
 from onnxcomp.errors import FormatError
 
 from . import format as fmt
+from . import native
 
 
 def validate_table(frequencies: np.ndarray, where: str) -> np.ndarray:
@@ -201,7 +202,11 @@ def decode_plan(plan: DecodePlan) -> np.ndarray:
 
 
 def decode_into(plan: DecodePlan, flat: np.ndarray) -> None:
-    """Write a plan's values into the 1-D ``flat`` (any integer type holding the table's range)."""
+    """Write a plan's values into the 1-D ``flat`` (any integer type holding the table's range).
+    The native decoder does it where present (int8/int16/int32), constriction otherwise."""
+    if native.available() and flat.flags.c_contiguous and flat.dtype in native.INTEGER_TYPES:
+        native.entropy_decode_into(plan, flat)
+        return
     pos = 0
     for chunk in iter_values(plan):
         flat[pos : pos + chunk.size] = chunk

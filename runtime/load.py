@@ -31,7 +31,7 @@ from .byteplane_decode import BytePlanePlan
 from .entropy_decode import DecodePlan
 from .integrity import check_budget, check_seal, domain_version, is_seal
 from .ops import planner_for
-from .parallel_decode import PARALLEL_MIN_SYMBOLS, Arena, Job, run_jobs, workers_available
+from .parallel_decode import PARALLEL_MIN_SYMBOLS, Arena, Job, needs_shared_memory, run_jobs, workers_available
 
 FLOAT32 = 1  # TensorProto.FLOAT: the Cast target whose Cast -> Mul chain is folded here
 
@@ -256,7 +256,7 @@ def _rewrite(data: bytes, weights_file: str | None = None, *, max_decoded_bytes:
 
     total = sum(p.count for t in tensors for p in t.plans)
     workers = workers_available(workers) if total >= PARALLEL_MIN_SYMBOLS else 1
-    arena = Arena(specs, shared=workers > 1, path=weights_file)
+    arena = Arena(specs, shared=needs_shared_memory(workers), path=weights_file)
     jobs = []
     results: dict[str, np.ndarray] = {}
     for t, full, (name, step, step_first) in zip(tensors, arena.arrays, targets):

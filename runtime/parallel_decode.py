@@ -1,16 +1,18 @@
-"""Run decode jobs, in this process or, when the caller opts in, on several cores.
+"""Run decode jobs, in this process or on several cores.
 
 A job decodes one ANS stream into a destination array, optionally scaling it to float32 on the
-way (the folded ``Cast -> Mul`` of the decode subgraph). constriction holds the GIL (measured:
-two threads decoding take the CPU time of one), so more cores mean processes, and the only cheap
-way to start them is ``fork``, which is unsafe in a host that runs threads of its own (onnxruntime
-itself has thread pools; a forked child inherits their locks). So decoding runs in the caller's
-thread unless it opts in: ``workers=N`` (``decode_model``/``decode_workers=`` of
-``InferenceSession``) or ``ONNXCOMP_DECODE_WORKERS=N``. Then, with enough symbols, destinations
-live in one shared mapping and N-1 worker processes are forked; each writes its streams in
-place and exits with a status, errors travel back through a pipe and are raised in the caller.
-Large tensors are split into several streams by ``pack`` (row blocks joined by Concat) so that
-one big weight still spreads over the workers.
+way (the folded ``Cast -> Mul`` of the decode subgraph). With the native library
+(:mod:`.native`) a job is one foreign call that releases the GIL, so jobs run in threads on every
+core by default, in the caller's process: nothing is forked. Without it, decoding goes through
+constriction, which holds the GIL (measured: two threads decoding take the CPU time of one), so
+more cores mean processes, and the only cheap way to start them is ``fork``, which is unsafe in a
+host that runs threads of its own (onnxruntime itself has thread pools; a forked child inherits
+their locks). So the Python decoders run in the caller's thread unless it opts in: ``workers=N``
+(``decode_model``/``decode_workers=`` of ``InferenceSession``) or ``ONNXCOMP_DECODE_WORKERS=N``.
+Then, with enough symbols, destinations live in one shared mapping and N-1 worker processes are
+forked; each writes its streams in place and exits with a status, errors travel back through a
+pipe and are raised in the caller. Large tensors are split into several streams by ``pack`` (row
+blocks joined by Concat) so that one big weight still spreads over the workers.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from __future__ import annotations
 import math
 import mmap
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from onnxcomp.errors import FormatError, OnnxcompError
 
+from . import native
 from .entropy_decode import DecodePlan, iter_values
 
 PARALLEL_MIN_SYMBOLS = 1 << 21
@@ -45,6 +49,12 @@ class Job:
             return
         row = math.prod(shape[1:])
         lead = self.step.ndim == len(shape) and self.step.shape[0] == shape[0] and shape[0] > 1
+        if native.available() and isinstance(self.plan, DecodePlan) and self.out.flags.c_contiguous and (
+                self.step.size == 1 or (lead and self.step.size == shape[0])):
+            # A scalar step or one per row: the native decoder folds it (float32 multiplication
+            # commutes exactly, so the graph's operand order does not matter).
+            native.entropy_decode_into(self.plan, self.out.reshape(-1), self.step, row)
+            return
         flat = self.out.reshape(shape[0], -1) if shape else self.out.reshape(1, -1)
         r = 0
         for chunk in iter_values(self.plan, granularity=max(1, row)):
@@ -62,19 +72,25 @@ WORKERS_ENV = "ONNXCOMP_DECODE_WORKERS"
 
 
 def workers_available(requested: int | None = None) -> int:
-    """Decode processes to use: ``requested``, else ONNXCOMP_DECODE_WORKERS, else 1 (no fork);
+    """Decode threads (native) or processes (Python) to use: ``requested``, else
+    ONNXCOMP_DECODE_WORKERS, else every core with the native decoder and 1 (no fork) without;
     never more than the cores this process may run on."""
-    if requested is None:
-        env = os.environ.get(WORKERS_ENV, "").strip()
-        try:
-            requested = int(env) if env else 1
-        except ValueError:
-            raise OnnxcompError(f"{WORKERS_ENV}={env!r} is not a number of workers") from None
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
+    if requested is None:
+        env = os.environ.get(WORKERS_ENV, "").strip()
+        try:
+            requested = int(env) if env else (cores if native.available() else 1)
+        except ValueError:
+            raise OnnxcompError(f"{WORKERS_ENV}={env!r} is not a number of workers") from None
     return max(1, min(int(requested), cores, 8))
+
+
+def needs_shared_memory(workers: int) -> bool:
+    """Whether jobs on ``workers`` run in forked processes (destinations must then be shared)."""
+    return workers > 1 and not native.available()
 
 
 class Arena:
@@ -120,6 +136,9 @@ class Arena:
 
 def run_jobs(jobs: list[Job], workers: int) -> None:
     """Run every job; raise the first job's OnnxcompError (FormatError for bad streams)."""
+    if workers > 1 and len(jobs) > 1 and native.available():
+        _run_in_threads(jobs, workers)
+        return
     if workers <= 1 or len(jobs) < 2 or not hasattr(os, "fork"):
         for job in jobs:
             job.run()
@@ -164,3 +183,17 @@ def run_jobs(jobs: list[Job], workers: int) -> None:
     if first_error is not None:
         raise first_error
 
+
+def _run_in_threads(jobs: list[Job], workers: int) -> None:
+    """Native jobs on ``workers`` threads, longest first; the first error (in job order) wins,
+    after every thread has stopped."""
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].plan.count)
+    errors: dict[int, BaseException] = {}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxcomp-decode") as pool:
+        futures = {pool.submit(jobs[i].run): i for i in order}
+        for future, i in futures.items():
+            exc = future.exception()
+            if exc is not None:
+                errors[i] = exc
+    if errors:
+        raise errors[min(errors)]

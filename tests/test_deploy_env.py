@@ -50,5 +50,6 @@ def test_runtime_in_a_deploy_only_environment(tmp_path, preset):
     assert result["decoded_bytes_identical"]
     assert result["max_abs_diff_load"] < 1e-4 and result["max_abs_diff_custom"] < 1e-4
     assert result["argmax_equal"]
+    assert result["native_built"] and result["native_equals_python_op"]  # the library under the newest onnxruntime
     assert result["inspect_exit"] == 0 and result["inspect_coded"] > 0
     assert result["decompress_exit"] == 0 and result["decompressed_equal"], result["decompress_stderr"]

@@ -19,7 +19,7 @@ def test_fuzz_slice_finds_nothing_bad(tmp_path):
     summary = json.loads((tmp_path / "fuzz.json").read_text())
     assert r.returncode == 0 and summary["bad"] == [], r.stderr[-2000:]
     counts = summary["counts"]
-    for path in ("decode_model", "InferenceSession", "CustomOpSession", "decompress", "inspect"):
+    for path in ("decode_model", "InferenceSession", "CustomOpSession", "NativeOpSession", "decompress", "inspect"):
         sealed = counts[f"sealed/{path}"]
         assert set(sealed) == {"refused"} and sealed["refused"] > 50, (path, sealed)
         assert counts[f"resealed/{path}"].get("refused", 0) > 30  # the checks behind the seal hold

@@ -30,7 +30,11 @@ want = np.load(d / "want.npy")
 decoded = rt.decode_model(d / "model.onnx")
 same_bytes = hashlib.sha256(decoded).hexdigest() == (d / "decoded.sha256").read_text().strip()
 got = rt.InferenceSession(d / "model.onnx").run(None, {"input": x})[0]
-custom = rt.CustomOpSession(d / "model.onnx").run(None, {"input": x})[0]
+custom = rt.CustomOpSession(d / "model.onnx", op="python").run(None, {"input": x})[0]
+# The native library under this onnxruntime (the compile environment's is 1.19): same outputs as the Python op.
+from onnxcomp.runtime import native  # noqa: E402
+
+native_out = rt.CustomOpSession(d / "model.onnx", op="native").run(None, {"input": x})[0] if native.available() else None
 # The CLI of this install: inspect and decompress work without onnx (exit 0; decompress keeps the
 # decode graphs, and its output gives decode at load's numbers).
 cli = str(Path(sys.executable).with_name("onnxcomp"))
@@ -46,4 +50,6 @@ print(json.dumps({
     "onnxruntime": ort.__version__, "has_onnx": has_onnx, "decoded_bytes_identical": same_bytes,
     "max_abs_diff_load": float(np.abs(got - want).max()), "max_abs_diff_custom": float(np.abs(custom - want).max()),
     "argmax_equal": bool(np.array_equal(got.argmax(1), want.argmax(1))),
+    "native_built": native.available(),
+    "native_equals_python_op": bool(native_out is not None and native_out.tobytes() == custom.tobytes()),
 }))

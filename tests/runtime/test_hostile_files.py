@@ -180,24 +180,20 @@ def test_hostile_wire_fields_give_typed_errors(packed):
         w.graph_input_names(memoryview(graph))
 
 
-def test_the_custom_op_session_refuses_in_process_what_would_abort_a_run(packed, mlp_input, monkeypatch):
+def test_the_python_op_session_refuses_in_process_what_would_abort_a_run(packed, mlp_input, monkeypatch):
     # In a child: a plain registered session would abort the interpreter on this file (exit 134).
-    def corrupt(m):
-        raw = bytearray(first(m, ".bitstream").raw_data)
-        raw[len(raw) // 2] ^= 0x10
-        first(m, ".bitstream").raw_data = bytes(raw)
-    bad = edited(packed, corrupt)
+    bad = edited(packed, flip_a_bitstream_bit)
     code = textwrap.dedent("""
         import sys, onnxcomp.runtime as rt
         from onnxcomp.errors import FormatError
         try:
-            rt.CustomOpSession(sys.stdin.buffer.read())
+            rt.CustomOpSession(sys.stdin.buffer.read(), op="python")
         except FormatError as exc:
             print("refused:", exc)
     """)
     r = subprocess.run([sys.executable, "-c", code], input=bad, capture_output=True, timeout=120)
     assert r.returncode == 0 and b"refused:" in r.stdout, r.stderr.decode()[-500:]
-    session = rt.CustomOpSession(packed)
+    session = rt.CustomOpSession(packed, op="python")
     from onnxcomp.runtime import custom_op
 
     decodes = []
@@ -206,6 +202,12 @@ def test_the_custom_op_session_refuses_in_process_what_would_abort_a_run(packed,
     got = session.run(None, mlp_input)[0]
     assert decodes == []  # every Run is served from what the session checked and decoded
     np.testing.assert_allclose(got, rt.InferenceSession(packed).run(None, mlp_input)[0], rtol=1e-5, atol=1e-6)
+
+
+def flip_a_bitstream_bit(m):
+    raw = bytearray(first(m, ".bitstream").raw_data)
+    raw[len(raw) // 2] ^= 0x10
+    first(m, ".bitstream").raw_data = bytes(raw)
 
 
 @pytest.mark.parametrize("version", [1, 2])

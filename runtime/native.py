@@ -1,0 +1,161 @@
+"""The native ``ai.onnxcomp`` library (runtime/csrc/, built by the package's own build).
+
+One shared library serves two callers:
+
+- any onnxruntime host, as a custom-op library: ``EntropyDecode`` and ``BytePlaneDecode`` decoded
+  once per session (when the session is created) and served to every Run from the kernel's copy::
+
+      so = onnxruntime.SessionOptions()
+      so.register_custom_ops_library(onnxcomp.runtime.native_library_path())
+      sess = onnxruntime.InferenceSession("model.onnxcomp.onnx", so)
+
+  (:func:`NativeOpSession` does this after checking the file's seal: the op sees its node's inputs
+  only, never the file, so the seal is the loader's to check);
+- onnxcomp's own decode at load, through ctypes (:func:`decode_into`): a foreign call releases
+  the GIL, so streams decode on every core in threads, with no fork.
+
+Where the library is missing (no compiler when the package was built) or disabled
+(``ONNXCOMP_NATIVE=0``), the Python decoders (constriction) serve decode at load and
+:func:`native_library_path` raises :class:`NativeLibraryMissing` naming what to do.
+``ONNXCOMP_NATIVE_LIBRARY=/path/libonnxcomp_ops.so`` points at a library built elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from onnxcomp.errors import FormatError, OnnxcompError
+
+LIBRARY_ENV = "ONNXCOMP_NATIVE_LIBRARY"
+BUDGET_ENV = "ONNXCOMP_MAX_DECODED_BYTES"  # = integrity.MAX_DECODED_BYTES_ENV, read by the kernels too
+DISABLE_ENV = "ONNXCOMP_NATIVE"  # "0": decode at load uses the Python decoders
+ABI_VERSION = 1  # of the C entry points (runtime/csrc/exports.cc: onnxcomp_native_abi_version)
+_NAME = {"win32": "libonnxcomp_ops.dll", "darwin": "libonnxcomp_ops.dylib"}.get(sys.platform, "libonnxcomp_ops.so")
+_ERROR_SIZE = 1024
+ERROR_PREFIX = "onnxcomp: "  # how the library's kernels start a refusal (runtime/csrc/ops.cc)
+# TensorProto data types the C decoder writes.
+OUT_TYPES = {np.dtype(np.float32): 1, np.dtype(np.int8): 3, np.dtype(np.int16): 5, np.dtype(np.int32): 6}
+INTEGER_TYPES = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
+
+
+class NativeLibraryMissing(OnnxcompError):
+    """The native op library was not built or cannot be loaded."""
+
+
+def native_library_path() -> str:
+    """Path of the native op library, for ``SessionOptions.register_custom_ops_library``."""
+    env = os.environ.get(LIBRARY_ENV, "").strip()
+    path = Path(env) if env else Path(__file__).with_name(_NAME)
+    if not path.is_file():
+        where = f"{LIBRARY_ENV}={env}" if env else str(path)
+        raise NativeLibraryMissing(
+            f"the native ai.onnxcomp library is not built ({where} does not exist): reinstall onnxcomp "
+            f"where a C++ compiler is present (pip install -e . builds it), or use the Python paths "
+            f"(onnxcomp.runtime.InferenceSession, CustomOpSession)")
+    return str(path)
+
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library, or None when it is missing or disabled (then Python decodes)."""
+    global _lib, _tried
+    if os.environ.get(DISABLE_ENV, "").strip() == "0":
+        return None
+    with _lock:
+        if not _tried:
+            _tried = True
+            try:
+                _lib = _load(native_library_path())
+            except NativeLibraryMissing:
+                _lib = None
+        return _lib
+
+
+def _load(path: str) -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as exc:
+        raise NativeLibraryMissing(f"{path}: cannot be loaded ({exc})") from None
+    if lib.onnxcomp_native_abi_version() != ABI_VERSION:
+        raise NativeLibraryMissing(f"{path}: C interface version {lib.onnxcomp_native_abi_version()}, this "
+                                   f"onnxcomp needs {ABI_VERSION}: rebuild it (pip install -e .)")
+    p, u64, i32, u32 = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int32, ctypes.c_uint32
+    lib.onnxcomp_entropy_decode.argtypes = [p, u64, p, u64, i32, u64, u32, p, i32, p, u64, u64, ctypes.c_char_p, u64]
+    lib.onnxcomp_entropy_decode.restype = ctypes.c_int
+    lib.onnxcomp_byte_plane_decode.argtypes = [p, u64, p, p, i32, u64, u32, p, ctypes.c_char_p, u64]
+    lib.onnxcomp_byte_plane_decode.restype = ctypes.c_int
+    lib.onnxcomp_native_kernel_decodes.restype = ctypes.c_uint64
+    return lib
+
+
+def kernel_decodes() -> int:
+    """How many nodes the library's onnxruntime kernels have decoded in this process."""
+    lib = library()
+    return 0 if lib is None else int(lib.onnxcomp_native_kernel_decodes())
+
+
+def available() -> bool:
+    return library() is not None
+
+
+@contextlib.contextmanager
+def decode_budget(max_decoded_bytes: int | None):
+    """The library's kernels read the decode budget from the environment (a kernel sees no Python
+    argument): set it while a session is created, when the caller raised it."""
+    if max_decoded_bytes is None:
+        yield
+        return
+    with _lock:
+        before = os.environ.get(BUDGET_ENV)
+        os.environ[BUDGET_ENV] = str(int(max_decoded_bytes))
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(BUDGET_ENV, None)
+            else:
+                os.environ[BUDGET_ENV] = before
+
+
+def entropy_decode_into(plan, flat: np.ndarray, step: np.ndarray | None = None, row_length: int = 0) -> None:
+    """Decode a checked :class:`~.entropy_decode.DecodePlan` into the C-contiguous 1-D ``flat``
+    (int8/int16/int32; or float32 with ``step``: one float32 step, or one per row of
+    ``row_length`` values). Raises FormatError naming the plan's node on a bad stream."""
+    lib = library()
+    assert lib is not None and flat.flags.c_contiguous and flat.size == plan.count
+    words = np.ascontiguousarray(plan.words, dtype="<u4")
+    table = np.ascontiguousarray(plan.frequencies, dtype=np.int32)
+    steps = None if step is None else np.ascontiguousarray(step, dtype=np.float32).reshape(-1)
+    err = ctypes.create_string_buffer(_ERROR_SIZE)
+    rc = lib.onnxcomp_entropy_decode(
+        words.ctypes.data, words.nbytes, table.ctypes.data, table.size, plan.offset, plan.count,
+        plan.crc32 if plan.crc32 is not None else 0, flat.ctypes.data, OUT_TYPES[flat.dtype],
+        None if steps is None else steps.ctypes.data, 0 if steps is None else steps.size, row_length, err, _ERROR_SIZE)
+    if rc:
+        raise FormatError(f"{plan.where}: {err.value.decode(errors='replace')}")
+
+
+def byte_plane_decode_into(plan, flat: np.ndarray) -> None:
+    """Decode a checked :class:`~.byteplane_decode.BytePlanePlan` into ``flat`` (its dtype)."""
+    lib = library()
+    assert lib is not None and flat.flags.c_contiguous and flat.size == plan.count
+    stream = np.ascontiguousarray(np.concatenate([p.words for p in plan.planes]), dtype="<u4") if plan.planes else \
+        np.zeros(0, "<u4")
+    sizes = np.array([p.words.nbytes for p in plan.planes], np.int64)
+    tables = np.ascontiguousarray(np.stack([p.frequencies for p in plan.planes]), dtype=np.int32)
+    err = ctypes.create_string_buffer(_ERROR_SIZE)
+    rc = lib.onnxcomp_byte_plane_decode(stream.ctypes.data, stream.nbytes, sizes.ctypes.data, tables.ctypes.data,
+                                        len(plan.planes), plan.count, plan.crc32, flat.ctypes.data, err, _ERROR_SIZE)
+    if rc:
+        raise FormatError(f"{plan.where}: {err.value.decode(errors='replace')}")
