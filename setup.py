@@ -48,7 +48,7 @@ setup(
         sources=SOURCES,
         depends=["runtime/csrc/decode.h", "runtime/csrc/ort_abi.h"],
         language="c++",
-        extra_compile_args=["-std=c++17", "-O3", "-g0", "-fvisibility=hidden", "-fno-strict-aliasing"],
+        extra_compile_args=["-std=c++17", "-O3", "-g0", "-fvisibility=hidden"],
         extra_link_args=["-pthread"],
         optional=True,
     )],

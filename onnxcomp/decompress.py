@@ -1,11 +1,17 @@
 """``onnxcomp decompress``: standard ONNX for runtimes without the ``ai.onnxcomp`` ops.
 
-The runtime's load-time decoder replaces every EntropyDecode node by an integer initializer;
-then, by default, the decode subgraphs (Cast, Mul, Add, Gather, Reshape, Transpose over constants)
-are folded into plain float initializers under the weights' own names, giving the float model
-the compressed file encodes. The folding computes in numpy exactly what onnxruntime computes
-(integer-to-float casts are exact below 2**24, and a single float multiply or add is correctly
-rounded in both), so the folded model's outputs equal the compressed model's.
+The runtime's load-time decoder decodes every EntropyDecode node into memory of its own, folding
+each ``Cast -> Mul(step)`` into its float weight as it goes (as for a session); then, by default,
+the decode subgraphs left (Cast, Mul, Add, Gather, Reshape, Transpose over constants: a codebook's
+Gather, a DCT decoder) are folded into plain float initializers under the weights' own names,
+giving the float model the compressed file encodes. The folding computes in numpy exactly what
+onnxruntime computes (integer-to-float casts are exact below 2**24, and a single float multiply or
+add is correctly rounded in both), so the folded model's outputs equal the compressed model's.
+
+Weights go to the output once, from the decoded arrays: inline below EXTERNAL_OUTPUT_BYTES of
+tensors, else as external data beside the output (``<output>.data``), which onnxruntime maps
+instead of parsing a protobuf of that size (measured in issue 13: a 987 MB inline file needed
+twice the memory and time of its external-data original to load).
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ import onnx_ir as ir
 
 from onnxcomp.graph.edit import remove_unused_initializers
 from onnxcomp.errors import ModelError, ModelLoadError
-from onnxcomp.model_io import EXTERNAL_DATA_THRESHOLD, save_model, serialize, tensor_bytes, write_bytes_atomic
-from onnxcomp.runtime.load import decode_model
+from onnxcomp.model_io import save_model, serialize, tensor_bytes, write_bytes_atomic
+from onnxcomp.runtime.load import decode_model, decode_to_arrays
 
 FOLDABLE = {"Cast", "Mul", "Add", "Gather", "Reshape", "Transpose"}
+EXTERNAL_OUTPUT_BYTES = 256 << 20  # tensors above this go to <output>.data
 
 
 def _fold_node(node: ir.Node, args: list[np.ndarray]) -> np.ndarray | None:
@@ -109,8 +116,12 @@ def fold_constant_decoders(model: ir.Model) -> int:
 
 def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike, fold: bool = True, verify: bool = True,
                max_decoded_bytes: int | None = None) -> int:
-    """Write the standard-ONNX form of a compressed model; returns the output size in bytes."""
-    decoded = decode_model(input_path, verify=verify, max_decoded_bytes=max_decoded_bytes)
+    """Write the standard-ONNX form of a compressed model; returns the output size in bytes
+    (of the .onnx file; external data beside it, ``<output>.data``, above EXTERNAL_OUTPUT_BYTES)."""
+    if fold:  # weights decoded (Cast -> Mul folded) into arrays of their own
+        decoded, weights = decode_to_arrays(input_path, verify=verify, max_decoded_bytes=max_decoded_bytes)
+    else:  # the decode graphs kept: integer initializers inline
+        decoded, weights = decode_model(input_path, verify=verify, max_decoded_bytes=max_decoded_bytes), {}
     # The decoder checked what it reads; the rest of the graph is read only now, by onnx and
     # onnx-ir, and folded here: a file whose decode subgraph does not compute (a shape that does
     # not fit, an index out of range) fails with the node named, never with a raw exception.
@@ -118,16 +129,25 @@ def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike, fo
         proto = onnx.load_from_string(decoded)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise ModelLoadError(f"{input_path}: not a valid ONNX file ({type(exc).__name__}: {exc})") from None
+    del decoded
     stage = "read"
     try:
-        onnx.load_external_data_for_model(proto, os.path.dirname(os.path.abspath(input_path)))
         model = ir.serde.deserialize_model(proto)
+        del proto
+        base_dir = os.path.dirname(os.path.abspath(input_path))
+        for value in model.graph.initializers.values():
+            t = value.const_value
+            if value.name in weights:  # decoded here: the array itself, no copy
+                value.const_value = ir.tensor(weights.pop(value.name), name=value.name)
+            elif isinstance(t, ir.ExternalTensor):  # the original's own external data, beside it
+                value.const_value = ir.ExternalTensor(t.location, t.offset, t.length, t.dtype, shape=t.shape,
+                                                      name=t.name, base_dir=base_dir)
         if fold:
             stage = "fold"
             fold_constant_decoders(model)
         stage = "written"
-        if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
-            return save_model(model, output_path)  # external data beside the output
+        if tensor_bytes(model) > EXTERNAL_OUTPUT_BYTES:
+            return save_model(model, output_path, external_data=True)  # streamed tensor by tensor
         data = serialize(model)
     except ModelError:
         raise

@@ -80,11 +80,12 @@ def uses_custom_domain(proto: onnx.ModelProto) -> bool:
     return any(o.domain == fmt.DOMAIN for o in proto.opset_import)
 
 
-def save_model(model: ir.Model, path: str | os.PathLike) -> int:
-    """Write atomically; returns the file size. External data above the protobuf limit."""
+def save_model(model: ir.Model, path: str | os.PathLike, external_data: bool = False) -> int:
+    """Write atomically; returns the file size. External data (``<path>.data``) when asked or
+    above the protobuf limit."""
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+    if external_data or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD:
         return _save_with_external_data(model, dest)
     data = serialize(model)
     write_bytes_atomic(dest, data)

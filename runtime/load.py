@@ -67,9 +67,21 @@ def decode_model(model: Any, *, max_decoded_bytes: int | None = None, verify: bo
     return _rewrite(read_model_bytes(model), max_decoded_bytes=max_decoded_bytes, verify=verify, workers=workers)
 
 
+def decode_to_arrays(model: Any, *, max_decoded_bytes: int | None = None, verify: bool = True,
+                     workers: int | None = None) -> tuple[bytes, dict[str, np.ndarray]]:
+    """Decode into memory: the standard graph (every ``Cast(float32) -> Mul(step)`` of a decoded
+    tensor folded into its float weight) whose decoded initializers are external-data references
+    to a location that does not exist (:data:`HANDED_OVER`), and those tensors' arrays by name,
+    decoded in place on every core. Checks and arguments are those of :func:`decode_model`."""
+    arrays: dict[str, np.ndarray] = {}
+    graph = _rewrite(read_model_bytes(model), arrays, max_decoded_bytes=max_decoded_bytes, verify=verify,
+                     workers=workers)
+    return graph, arrays
+
+
 def external_initializers(data: bytes, base_dir: str | None) -> dict[str, np.ndarray]:
     """Main-graph initializers stored as external data, memory-mapped from ``base_dir`` (the
-    decoded-weights file of :func:`InferenceSession` excepted)."""
+    tensors :func:`InferenceSession` decoded into memory excepted)."""
     out = {}
     for f in w.parse_fields(memoryview(data)):
         if f.number == w.MODEL_GRAPH:
@@ -216,16 +228,18 @@ def check_graph(data: bytes, *, verify: bool = True, max_decoded_bytes: int | No
     return checked
 
 
-def _rewrite(data: bytes, weights_file: str | None = None, *, max_decoded_bytes: int | None = None,
-             verify: bool = True, workers: int | None = None) -> bytes:
+def _rewrite(data: bytes, handed_over: dict[str, np.ndarray] | None = None, *, weights_file: str | None = None,
+             max_decoded_bytes: int | None = None, verify: bool = True, workers: int | None = None) -> bytes:
     """Decode every ai.onnxcomp node of the main graph.
 
-    weights_file None: decoded tensors become inline initializers (standard ONNX bytes).
-    weights_file set: Cast(float32) -> Mul(step) chains are folded too, and every decoded tensor
-    is written (decoded in place, by all workers) into that file, which the returned graph
-    references as external data by its base name: the model must be saved beside it.
+    handed_over None: decoded tensors become inline initializers (standard ONNX bytes).
+    handed_over a dict: Cast(float32) -> Mul(step) chains are folded too, every decoded tensor is
+    decoded in place (by all workers) and put in the dict by name, and the returned graph declares
+    it as external data: with ``weights_file``, the arrays are mappings of that file and the graph
+    references it by its base name (save the graph beside it); without, they are memory of their
+    own and the location is :data:`HANDED_OVER`, which does not exist (the caller has the arrays).
     """
-    hand_over = weights_file is not None
+    hand_over = handed_over is not None
     checked = check_graph(data, verify=verify, max_decoded_bytes=max_decoded_bytes)
     if checked is None:
         return data
@@ -256,7 +270,7 @@ def _rewrite(data: bytes, weights_file: str | None = None, *, max_decoded_bytes:
 
     total = sum(p.count for t in tensors for p in t.plans)
     workers = workers_available(workers) if total >= PARALLEL_MIN_SYMBOLS else 1
-    arena = Arena(specs, shared=needs_shared_memory(workers), path=weights_file)
+    arena = Arena(specs, shared=needs_shared_memory(workers), path=weights_file if hand_over else None)
     jobs = []
     results: dict[str, np.ndarray] = {}
     for t, full, (name, step, step_first) in zip(tensors, arena.arrays, targets):
@@ -291,13 +305,16 @@ def _rewrite(data: bytes, weights_file: str | None = None, *, max_decoded_bytes:
         parts.append(f.raw)
     for (name, array), offset in zip(results.items(), arena.offsets):
         if hand_over:
-            proto = w.external_data_ref(name, array, os.path.basename(weights_file), offset)
+            location = os.path.basename(weights_file) if weights_file else HANDED_OVER
+            proto = w.external_data_ref(name, array, location, offset if weights_file else 0)
+            handed_over[name] = array
         else:
             proto = w.tensor_proto(name, array)
         parts.append(w.len_field(w.GRAPH_INITIALIZER, proto))
     graph_payload = b"".join(parts)
     del parts, results, jobs
-    arena.close()  # the data stays in the file (or is dropped with the anonymous mapping)
+    if not hand_over or weights_file:
+        arena.close()  # a file's data stays in it; handed-over memory lives on with its arrays
 
     out_parts: list[bytes | memoryview] = []
     for f in top:
@@ -313,6 +330,13 @@ def _rewrite(data: bytes, weights_file: str | None = None, *, max_decoded_bytes:
 
 
 MAX_DECLARED_DIM = 1 << 31
+HANDED_OVER = w.DECODED_WEIGHTS_FILE
+# InferenceSession's temporary file of decoded weights, which onnxruntime memory-maps: the pages
+# the decoder wrote are the pages onnxruntime reads (the page cache holds one copy). Handing
+# arrays over in memory instead is not safe: add_initializer shares them but onnxruntime's graph
+# optimizers (constant folding) still read the graph's own copy (measured, 1.19), and
+# add_external_initializers copies every tensor.
+DECODED_WEIGHTS = "decoded-weights.bin"
 
 
 def _check_declared_shapes(checked: CheckedGraph) -> None:
@@ -434,11 +458,11 @@ def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: An
     same keyword arguments. Outputs are identical to those of the decompressed model.
     ``max_decoded_bytes``, ``verify`` and ``decode_workers`` are those of :func:`decode_model`.
 
-    The decoded weights are written, by the decoding workers themselves, into a temporary
-    external-data file that onnxruntime then memory-maps while it loads the model from a path, as
-    it would load any model with external data: no copy of the weights is serialized or handed
-    over, so peak memory and load time stay close to the plain model's. The temporary files are
-    removed once the session exists (set ONNXCOMP_TMPDIR to choose where they go).
+    The weights are decoded, by all cores, straight into memory that onnxruntime then uses as it
+    is (``sess_options.add_initializer``): nothing is serialized, copied or written to disk but
+    the small graph, and the session keeps the arrays alive (its ``onnxcomp_weights`` attribute).
+    Tensors the original model keeps as external data are memory-mapped from beside it and handed
+    over the same way. ``sess_options`` gets those initializers added: give each session its own.
     """
     import onnxruntime as ort
 
@@ -450,8 +474,8 @@ def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: An
     is_path = not isinstance(path_or_model, (bytes, bytearray, memoryview)) and not hasattr(path_or_model, "SerializeToString")
     base_dir = str(Path(os.fspath(path_or_model)).resolve().parent) if is_path else None
     with tempfile.TemporaryDirectory(prefix="onnxcomp-", dir=os.environ.get("ONNXCOMP_TMPDIR"), ignore_cleanup_errors=True) as tmp:
-        decoded = _rewrite(data, weights_file=os.path.join(tmp, "decoded-weights.bin"),
-                           max_decoded_bytes=max_decoded_bytes, verify=verify, workers=decode_workers)
+        decoded = _rewrite(data, {}, weights_file=os.path.join(tmp, DECODED_WEIGHTS), max_decoded_bytes=max_decoded_bytes,
+                           verify=verify, workers=decode_workers)
         del data
         # Tensors the original model keeps as external data live beside *it*, not in tmp: they go
         # to onnxruntime directly (memory-mapped here).

@@ -96,7 +96,41 @@ def _load(path: str) -> ctypes.CDLL:
     lib.onnxcomp_byte_plane_decode.argtypes = [p, u64, p, p, i32, u64, u32, p, ctypes.c_char_p, u64]
     lib.onnxcomp_byte_plane_decode.restype = ctypes.c_int
     lib.onnxcomp_native_kernel_decodes.restype = ctypes.c_uint64
+    lib.onnxcomp_entropy_decode_batch.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    lib.onnxcomp_entropy_decode_batch.restype = ctypes.c_uint64
     return lib
+
+
+class _DecodeJob(ctypes.Structure):
+    """runtime/csrc/exports.cc: DecodeJob."""
+
+    _fields_ = [("bitstream", ctypes.c_void_p), ("num_bytes", ctypes.c_uint64), ("frequencies", ctypes.c_void_p),
+                ("num_symbols", ctypes.c_uint64), ("offset", ctypes.c_int32), ("crc32", ctypes.c_uint32),
+                ("count", ctypes.c_uint64), ("out", ctypes.c_void_p), ("out_type", ctypes.c_int32),
+                ("step", ctypes.c_void_p), ("step_count", ctypes.c_uint64), ("step_stride", ctypes.c_uint64),
+                ("status", ctypes.c_int32), ("error", ctypes.c_char * 256)]
+
+
+def entropy_decode_batch(jobs: list[tuple]) -> list[FormatError | None]:
+    """Decode ``(plan, flat, step, step_stride)`` jobs (as :func:`entropy_decode_into` takes them,
+    step None for integers) in one call that interleaves four streams at a time. Returns, per
+    job, None or the FormatError that refused it (the other jobs still ran)."""
+    lib = library()
+    assert lib is not None
+    keep, table = [], (_DecodeJob * len(jobs))()
+    for c, (plan, flat, step, stride) in zip(table, jobs):
+        assert flat.flags.c_contiguous and flat.size == plan.count
+        words = np.ascontiguousarray(plan.words, dtype="<u4")
+        freqs = np.ascontiguousarray(plan.frequencies, dtype=np.int32)
+        steps = None if step is None else np.ascontiguousarray(step, dtype=np.float32).reshape(-1)
+        keep += [words, freqs, steps]
+        c.bitstream, c.num_bytes, c.frequencies, c.num_symbols = words.ctypes.data, words.nbytes, freqs.ctypes.data, freqs.size
+        c.offset, c.crc32, c.count = plan.offset, plan.crc32 if plan.crc32 is not None else 0, plan.count
+        c.out, c.out_type = flat.ctypes.data, OUT_TYPES[flat.dtype]
+        c.step, c.step_count, c.step_stride = (None, 0, 0) if steps is None else (steps.ctypes.data, steps.size, stride)
+    lib.onnxcomp_entropy_decode_batch(ctypes.addressof(table), len(jobs))
+    return [FormatError(f"{j[0].where}: {c.error.decode(errors='replace')}") if c.status else None
+            for j, c in zip(jobs, table)]
 
 
 def kernel_decodes() -> int:
@@ -128,10 +162,11 @@ def decode_budget(max_decoded_bytes: int | None):
                 os.environ[BUDGET_ENV] = before
 
 
-def entropy_decode_into(plan, flat: np.ndarray, step: np.ndarray | None = None, row_length: int = 0) -> None:
+def entropy_decode_into(plan, flat: np.ndarray, step: np.ndarray | None = None, step_stride: int = 0) -> None:
     """Decode a checked :class:`~.entropy_decode.DecodePlan` into the C-contiguous 1-D ``flat``
-    (int8/int16/int32; or float32 with ``step``: one float32 step, or one per row of
-    ``row_length`` values). Raises FormatError naming the plan's node on a bad stream."""
+    (int8/int16/int32; or float32 times ``step``: one float32 step, or ``step.size`` steps along
+    one axis, element i taking step[(i // step_stride) % step.size], see :func:`step_layout`).
+    Raises FormatError naming the plan's node on a bad stream."""
     lib = library()
     assert lib is not None and flat.flags.c_contiguous and flat.size == plan.count
     words = np.ascontiguousarray(plan.words, dtype="<u4")
@@ -141,9 +176,25 @@ def entropy_decode_into(plan, flat: np.ndarray, step: np.ndarray | None = None, 
     rc = lib.onnxcomp_entropy_decode(
         words.ctypes.data, words.nbytes, table.ctypes.data, table.size, plan.offset, plan.count,
         plan.crc32 if plan.crc32 is not None else 0, flat.ctypes.data, OUT_TYPES[flat.dtype],
-        None if steps is None else steps.ctypes.data, 0 if steps is None else steps.size, row_length, err, _ERROR_SIZE)
+        None if steps is None else steps.ctypes.data, 0 if steps is None else steps.size, step_stride, err, _ERROR_SIZE)
     if rc:
         raise FormatError(f"{plan.where}: {err.value.decode(errors='replace')}")
+
+
+def step_layout(step: np.ndarray, shape: tuple[int, ...]) -> int | None:
+    """The stride for :func:`entropy_decode_into` of a step broadcasting against ``shape``: 1 for a
+    scalar step; for a step that varies along exactly one axis k (its full length), the elements
+    per step, prod(shape[k+1:]); None for any other layout (the caller multiplies in numpy)."""
+    if step.size == 1:
+        return 1
+    if step.ndim > len(shape):
+        return None
+    dims = (1,) * (len(shape) - step.ndim) + tuple(step.shape)
+    varying = [k for k, d in enumerate(dims) if d != 1]
+    if len(varying) != 1 or dims[varying[0]] != shape[varying[0]]:
+        return None
+    k = varying[0]
+    return int(np.prod(shape[k + 1:], dtype=np.int64)) if k + 1 < len(shape) else 1
 
 
 def byte_plane_decode_into(plan, flat: np.ndarray) -> None:

@@ -322,7 +322,7 @@ def external_tensor(payload: memoryview, base_dir: str | None) -> tuple[str, np.
     return name, array.reshape(dims)
 
 
-DECODED_WEIGHTS_FILE = "decoded-weights.bin"
+DECODED_WEIGHTS_FILE = "decoded-weights.bin"  # InferenceSession's temporary file (runtime/load.py)
 
 
 def external_data_ref(name: str, array: np.ndarray, location: str, offset: int) -> bytes:

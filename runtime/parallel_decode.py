@@ -42,6 +42,17 @@ class Job:
     step: np.ndarray | None = None  # float32 step broadcasting against plan.shape, or None for ints
     step_first: bool = False  # Mul(step, x) rather than Mul(x, step): operand order as in the graph
 
+    def native_args(self) -> tuple | None:
+        """The job as one entry of native.entropy_decode_batch, or None where it cannot be one
+        (exact floats, a step varying along two axes, the library missing)."""
+        if not native.available() or not isinstance(self.plan, DecodePlan) or not self.out.flags.c_contiguous:
+            return None
+        flat = self.out.reshape(-1)
+        if self.step is None:
+            return (self.plan, flat, None, 0) if flat.dtype in native.INTEGER_TYPES else None
+        stride = native.step_layout(self.step, self.plan.shape)
+        return None if stride is None or flat.dtype != np.float32 else (self.plan, flat, self.step, stride)
+
     def run(self) -> None:
         shape = self.plan.shape
         if self.step is None:
@@ -49,11 +60,11 @@ class Job:
             return
         row = math.prod(shape[1:])
         lead = self.step.ndim == len(shape) and self.step.shape[0] == shape[0] and shape[0] > 1
-        if native.available() and isinstance(self.plan, DecodePlan) and self.out.flags.c_contiguous and (
-                self.step.size == 1 or (lead and self.step.size == shape[0])):
-            # A scalar step or one per row: the native decoder folds it (float32 multiplication
-            # commutes exactly, so the graph's operand order does not matter).
-            native.entropy_decode_into(self.plan, self.out.reshape(-1), self.step, row)
+        stride = native.step_layout(self.step, shape) if native.available() else None
+        if stride is not None and isinstance(self.plan, DecodePlan) and self.out.flags.c_contiguous:
+            # A scalar step or one per index of an axis: the native decoder folds it (float32
+            # multiplication commutes exactly, so the graph's operand order does not matter).
+            native.entropy_decode_into(self.plan, self.out.reshape(-1), self.step, stride)
             return
         flat = self.out.reshape(shape[0], -1) if shape else self.out.reshape(1, -1)
         r = 0
@@ -185,15 +196,33 @@ def run_jobs(jobs: list[Job], workers: int) -> None:
 
 
 def _run_in_threads(jobs: list[Job], workers: int) -> None:
-    """Native jobs on ``workers`` threads, longest first; the first error (in job order) wins,
-    after every thread has stopped."""
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].plan.count)
+    """Native jobs on ``workers`` threads: the streams that can be, as one interleaved batch per
+    thread (balanced by symbols, longest first), the others one by one; the first error in job
+    order wins, after every thread has stopped."""
+    batched = [(i, job.native_args()) for i, job in enumerate(jobs)]
+    groups: list[list[tuple[int, tuple]]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    single = []
+    for i, args in sorted(batched, key=lambda item: -jobs[item[0]].plan.count):
+        if args is None:
+            single.append(i)
+            continue
+        g = loads.index(min(loads))
+        groups[g].append((i, args))
+        loads[g] += jobs[i].plan.count
     errors: dict[int, BaseException] = {}
+
+    def run_group(group):
+        for (i, _), error in zip(group, native.entropy_decode_batch([args for _, args in group])):
+            if error is not None:
+                errors[i] = error
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxcomp-decode") as pool:
-        futures = {pool.submit(jobs[i].run): i for i in order}
+        futures = {pool.submit(run_group, group): None for group in groups if group}
+        futures.update({pool.submit(jobs[i].run): i for i in single})
         for future, i in futures.items():
             exc = future.exception()
             if exc is not None:
-                errors[i] = exc
+                errors[i if i is not None else -1] = exc
     if errors:
         raise errors[min(errors)]

@@ -36,3 +36,22 @@ def test_large_output_is_written_with_external_data(tmp_path, monkeypatch, mlp_i
     loaded = onnx.load(out)  # resolves the external data beside it
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(out, load_external_data=False).graph.initializer)
     np.testing.assert_array_equal(run(loaded, mlp_input)[0], rt.InferenceSession(out).run(None, mlp_input)[0])
+
+
+def test_decompress_writes_large_outputs_as_external_data_onnxruntime_maps(tmp_path, monkeypatch, mlp_input):
+    import onnxruntime as ort
+
+    import onnxcomp.decompress as dec
+
+    src, packed = tmp_path / "mlp.onnx", tmp_path / "mlp.ptq.onnx"
+    onnx.save(tiny_mlp(), src)
+    compress(src, packed, pipeline="ptq", progress=False)
+    inline, external = tmp_path / "inline.onnx", tmp_path / "ext" / "external.onnx"
+    dec.decompress(packed, inline)
+    monkeypatch.setattr(dec, "EXTERNAL_OUTPUT_BYTES", 100)  # the documented size, made tiny
+    dec.decompress(packed, external)
+    assert not (tmp_path / "inline.onnx.data").exists() and (external.parent / "external.onnx.data").exists()
+    assert external.stat().st_size < 2000  # the graph alone
+    outputs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, mlp_input)[0]
+               for p in (inline, external)]
+    assert outputs[0].tobytes() == outputs[1].tobytes() == rt.InferenceSession(packed).run(None, mlp_input)[0].tobytes()

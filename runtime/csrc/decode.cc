@@ -77,20 +77,23 @@ struct Table {
       error = std::string(what) + "frequency table does not sum to exactly 2**24";
       return false;
     }
-    if (count >= kBucketMinCount) {
-      bucket.resize((size_t{1} << kBucketBits) + 1);
-      bucket.back() = static_cast<uint32_t>(k - 1);
-      uint32_t s = 0;
-      for (uint32_t i = 0; i + 1 < bucket.size(); ++i) {
-        const uint32_t q = i << (kPrecision - kBucketBits);
-        while (cdf[s + 1] <= q) ++s;
-        const uint32_t last = q + (1u << (kPrecision - kBucketBits)) - 1;
-        bucket[i] = s | (cdf[s + 1] <= last ? kMixed : 0u);
-      }
-    }
     symbols.resize(k);
     for (uint64_t s = 0; s < k; ++s) symbols[s] = {cdf[s], cdf[s + 1] - cdf[s]};
+    if (count >= kBucketMinCount) build_buckets();
     return true;
+  }
+
+  void build_buckets() {
+    const uint64_t k = cdf.size() - 1;
+    bucket.resize((size_t{1} << kBucketBits) + 1);
+    bucket.back() = static_cast<uint32_t>(k - 1);
+    uint32_t s = 0;
+    for (uint32_t i = 0; i + 1 < bucket.size(); ++i) {
+      const uint32_t q = i << (kPrecision - kBucketBits);
+      while (cdf[s + 1] <= q) ++s;
+      const uint32_t last = q + (1u << (kPrecision - kBucketBits)) - 1;
+      bucket[i] = s | (cdf[s + 1] <= last ? kMixed : 0u);
+    }
   }
 
   // The symbol s with cdf[s] <= q < cdf[s + 1].
@@ -246,6 +249,168 @@ bool decode_stream(const Stream& s, int32_t offset, uint64_t count, uint32_t crc
 }
 
 }  // namespace
+
+namespace {
+
+// One stream of a batch while it decodes.
+struct Lane {
+  BatchItem* item = nullptr;
+  Table table;
+  Decoder decoder{nullptr, 0};
+  uint64_t done = 0;
+  uint32_t crc = 0;
+  std::vector<int32_t> values = std::vector<int32_t>(kChunk);
+};
+
+// Checks an item as decode_stream does; false (with the item's error set) when it cannot start.
+bool start_lane(Lane& lane, BatchItem& item) {
+  lane.item = &item;
+  lane.done = 0;
+  lane.crc = 0;
+  if (!item.error.empty()) return false;  // refused by the caller before decoding
+  const Stream& s = item.stream;
+  if (item.count > kMaxElements) {
+    item.error = "declared " + std::to_string(item.count) + " values, over the format's " + std::to_string(kMaxElements);
+    return false;
+  }
+  lane.table = Table{};
+  if (!check_bytes(s.bytes, s.num_bytes, "", item.error) ||
+      !lane.table.build(s.frequencies, s.num_symbols, item.count, "", item.error) ||
+      !check_bound(s.num_bytes, lane.table.max_frequency, item.count, "", item.error))
+    return false;
+  if (static_cast<int64_t>(item.offset) + static_cast<int64_t>(s.num_symbols) - 1 > INT32_MAX) {
+    item.error = "offset " + std::to_string(item.offset) + " with " + std::to_string(s.num_symbols) +
+                 " symbols puts decoded values outside int32";
+    return false;
+  }
+  lane.decoder = Decoder(s.bytes, s.num_bytes / 4);
+  return true;
+}
+
+void finish_lane(Lane& lane) {
+  BatchItem& item = *lane.item;
+  if (!lane.decoder.ended()) {
+    item.error = "bitstream has data left after " + std::to_string(item.count) +
+                 " symbols (truncated table, shape or stream)";
+  } else if (lane.crc != item.crc32) {
+    item.error = crc_mismatch(item.crc32, lane.crc);
+  } else {
+    item.ok = true;
+  }
+  lane.item = nullptr;
+}
+
+// The symbol holding quantile q, from raw table pointers (Table::symbol's logic for a table with
+// buckets, which every batch lane has: the lockstep loop keeps these in registers).
+inline uint32_t bucket_symbol(const uint32_t* bucket, const uint32_t* cdf, uint32_t q) {
+  const uint32_t b = q >> (kPrecision - kBucketBits);
+  const uint32_t e = bucket[b];
+  uint32_t s = e & ~Table::kMixed;
+  if (!(e & Table::kMixed)) return s;
+  uint32_t hi = bucket[b + 1] & ~Table::kMixed;
+  if (hi - s <= 8) {
+    while (cdf[s + 1] <= q) ++s;
+    return s;
+  }
+  while (s < hi) {
+    const uint32_t mid = (s + hi + 1) / 2;
+    if (cdf[mid] <= q) s = mid; else hi = mid - 1;
+  }
+  return s;
+}
+
+// n symbols of each of N lanes, one symbol of every lane per step.
+template <int N>
+void decode_lockstep(Lane* const* lanes, uint64_t n) {
+  uint64_t x[N], left[N];
+  const uint8_t* bytes[N];
+  const uint32_t* bucket[N];
+  const uint32_t* cdf[N];
+  const Table::Symbol* symbols[N];
+  int32_t* out[N];
+  int32_t offset[N];
+  for (int k = 0; k < N; ++k) {
+    Lane& lane = *lanes[k];
+    if (lane.table.bucket.empty()) lane.table.build_buckets();
+    x[k] = lane.decoder.x;
+    left[k] = lane.decoder.words;
+    bytes[k] = lane.decoder.bytes;
+    bucket[k] = lane.table.bucket.data();
+    cdf[k] = lane.table.cdf.data();
+    symbols[k] = lane.table.symbols.data();
+    out[k] = lane.values.data();
+    offset[k] = lane.item->offset;
+  }
+  for (uint64_t i = 0; i < n; ++i) {
+#pragma GCC unroll 4
+    for (int k = 0; k < N; ++k) {
+      const uint32_t q = static_cast<uint32_t>(x[k]) & (kTotal - 1);
+      const uint32_t s = bucket_symbol(bucket[k], cdf[k], q);
+      const Table::Symbol y = symbols[k][s];
+      x[k] = static_cast<uint64_t>(y.frequency) * (x[k] >> kPrecision) + q - y.start;
+      if (x[k] < (uint64_t{1} << 32) && left[k] > 0) x[k] = (x[k] << 32) | load_word(bytes[k], --left[k]);
+      out[k][i] = static_cast<int32_t>(s) + offset[k];
+    }
+  }
+  for (int k = 0; k < N; ++k) {
+    lanes[k]->decoder.x = x[k];
+    lanes[k]->decoder.words = left[k];
+  }
+}
+
+}  // namespace
+
+void entropy_decode_batch(BatchItem* items, size_t n) {
+  (void)crc_ready;
+  constexpr int kLanes = 4;
+  Lane lanes[kLanes];
+  Lane* active[kLanes];
+  int count = 0;
+  size_t next = 0;
+  for (;;) {
+    for (int k = 0; k < kLanes && count < kLanes; ++k) {  // fill idle lanes from the queue
+      if (lanes[k].item) continue;
+      while (next < n) {
+        BatchItem& item = items[next++];
+        if (!start_lane(lanes[k], item)) {
+          lanes[k].item = nullptr;
+          continue;
+        }
+        if (item.count == 0) {
+          finish_lane(lanes[k]);
+          continue;
+        }
+        break;
+      }
+      if (lanes[k].item) ++count;
+    }
+    if (count == 0) return;
+    int m = 0;
+    uint64_t step = kChunk;
+    for (Lane& lane : lanes) {
+      if (!lane.item) continue;
+      active[m++] = &lane;
+      const uint64_t left = lane.item->count - lane.done;
+      if (left < step) step = left;
+    }
+    switch (m) {
+      case 4: decode_lockstep<4>(active, step); break;
+      case 3: decode_lockstep<3>(active, step); break;
+      case 2: decode_lockstep<2>(active, step); break;
+      default: decode_lockstep<1>(active, step); break;
+    }
+    for (int k = 0; k < m; ++k) {
+      Lane& lane = *active[k];
+      lane.crc = crc32_update(lane.crc, lane.values.data(), step * 4);
+      lane.item->sink(lane.item->context, lane.values.data(), lane.done, step);
+      lane.done += step;
+      if (lane.done == lane.item->count) {
+        finish_lane(lane);
+        --count;
+      }
+    }
+  }
+}
 
 bool entropy_decode(const Stream& s, int32_t offset, uint64_t count, uint32_t crc32, int32_t* out,
                     std::string& error) {

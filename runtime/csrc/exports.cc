@@ -8,6 +8,7 @@
 #include <limits>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "decode.h"
 
@@ -36,10 +37,12 @@ void store_narrow(void* context, const int32_t* values, uint64_t start, uint64_t
 struct Scaled {
   float* out;
   const float* step;
-  uint64_t step_count, row_length;
+  uint64_t step_count, step_stride;
 };
 
-// float(v) * step, one rounding each as onnxruntime's Cast(to float32) then Mul.
+// float(v) * step, one rounding each as onnxruntime's Cast(to float32) then Mul. Element i takes
+// step[(i / step_stride) % step_count]: one step per row (stride = row length), per last-axis
+// column (stride 1), or per any one axis.
 void store_scaled(void* context, const int32_t* values, uint64_t start, uint64_t n) {
   const Scaled& s = *static_cast<const Scaled*>(context);
   float* out = s.out + start;
@@ -48,11 +51,16 @@ void store_scaled(void* context, const int32_t* values, uint64_t start, uint64_t
     for (uint64_t i = 0; i < n; ++i) out[i] = static_cast<float>(values[i]) * step;
     return;
   }
+  uint64_t within = start % s.step_stride, index = (start / s.step_stride) % s.step_count;
   for (uint64_t i = 0; i < n;) {
-    const uint64_t row = (start + i) / s.row_length;
-    const uint64_t row_end = (row + 1) * s.row_length - start;
-    const float step = s.step[row];
-    for (const uint64_t e = row_end < n ? row_end : n; i < e; ++i) out[i] = static_cast<float>(values[i]) * step;
+    const float step = s.step[index];
+    const uint64_t run = s.step_stride - within < n - i ? s.step_stride - within : n - i;
+    for (const uint64_t e = i + run; i < e; ++i) out[i] = static_cast<float>(values[i]) * step;
+    within += run;
+    if (within == s.step_stride) {
+      within = 0;
+      if (++index == s.step_count) index = 0;
+    }
   }
 }
 
@@ -63,12 +71,13 @@ ONNXCOMP_EXPORT int onnxcomp_native_abi_version() { return 1; }
 
 // One EntropyDecode stream into `out`, of `out_type`: 6 int32; 3 int8 or 5 int16 (the table's
 // range offset .. offset + K - 1 must fit); 1 float32 = the decoded value times a step (the graph's
-// Cast -> Mul folded): `step[0]` for every value when step_count <= 1, else step[i / row_length]
-// (one step per row of axis 0; step_count * row_length == count).
+// Cast -> Mul folded): `step[0]` for every value when step_count <= 1, else
+// step[(i / step_stride) % step_count] (a step per index of one axis; step_count * step_stride
+// divides count).
 ONNXCOMP_EXPORT int onnxcomp_entropy_decode(const uint8_t* bitstream, uint64_t num_bytes, const int32_t* frequencies,
                                             uint64_t num_symbols, int32_t offset, uint64_t count, uint32_t crc32,
                                             void* out, int32_t out_type, const float* step, uint64_t step_count,
-                                            uint64_t row_length, char* error, uint64_t error_size) {
+                                            uint64_t step_stride, char* error, uint64_t error_size) {
   std::string message;
   const onnxcomp::Stream stream{bitstream, num_bytes, frequencies, num_symbols};
   try {
@@ -83,11 +92,11 @@ ONNXCOMP_EXPORT int onnxcomp_entropy_decode(const uint8_t* bitstream, uint64_t n
       ok = onnxcomp::entropy_decode(stream, offset, count, crc32,
                                     out_type == kInt8 ? store_narrow<int8_t> : store_narrow<int16_t>, out, message);
     } else if (out_type == kFloat) {
-      if (!step || (step_count > 1 && step_count * row_length != count))
-        return fail("scaled decode: " + std::to_string(step_count) + " steps do not tile " + std::to_string(count) +
-                        " values in rows of " + std::to_string(row_length),
+      if (!step || (step_count > 1 && count && (step_stride == 0 || count % (step_count * step_stride) != 0)))
+        return fail("scaled decode: " + std::to_string(step_count) + " steps of stride " + std::to_string(step_stride) +
+                        " do not tile " + std::to_string(count) + " values",
                     error, error_size);
-      Scaled scaled{static_cast<float*>(out), step, step_count, row_length};
+      Scaled scaled{static_cast<float*>(out), step, step_count, step_stride};
       ok = onnxcomp::entropy_decode(stream, offset, count, crc32, store_scaled, &scaled, message);
     } else {
       return fail("unknown output type " + std::to_string(out_type), error, error_size);
@@ -97,6 +106,79 @@ ONNXCOMP_EXPORT int onnxcomp_entropy_decode(const uint8_t* bitstream, uint64_t n
     message = "out of memory while decoding";
   }
   return fail(message, error, error_size);
+}
+
+// A batch of EntropyDecode streams (decode.h: entropy_decode_batch interleaves four at a time),
+// each with the arguments of onnxcomp_entropy_decode; `status` (0 ok, 1 failed) and `error` are
+// written per job. Returns how many failed.
+struct DecodeJob {
+  const uint8_t* bitstream;
+  uint64_t num_bytes;
+  const int32_t* frequencies;
+  uint64_t num_symbols;
+  int32_t offset;
+  uint32_t crc32;
+  uint64_t count;
+  void* out;
+  int32_t out_type;
+  const float* step;
+  uint64_t step_count;
+  uint64_t step_stride;
+  int32_t status;
+  char error[256];
+};
+
+template <typename T>
+void store_direct(void* context, const int32_t* values, uint64_t start, uint64_t n) {
+  std::memcpy(static_cast<T*>(context) + start, values, n * sizeof(T));
+}
+
+ONNXCOMP_EXPORT uint64_t onnxcomp_entropy_decode_batch(DecodeJob* jobs, uint64_t n) {
+  std::vector<onnxcomp::BatchItem> items(n);
+  std::vector<Scaled> scaled(n);
+  uint64_t failed = 0;
+  try {
+    for (uint64_t i = 0; i < n; ++i) {
+      DecodeJob& j = jobs[i];
+      onnxcomp::BatchItem& item = items[i];
+      item.stream = {j.bitstream, j.num_bytes, j.frequencies, j.num_symbols};
+      item.offset = j.offset;
+      item.count = j.count;
+      item.crc32 = j.crc32;
+      item.context = j.out;
+      if (j.out_type == kInt32) {
+        item.sink = store_direct<int32_t>;
+      } else if (j.out_type == kInt8 || j.out_type == kInt16) {
+        const int64_t lo = j.out_type == kInt8 ? INT8_MIN : INT16_MIN, hi = j.out_type == kInt8 ? INT8_MAX : INT16_MAX;
+        if (j.offset < lo || static_cast<int64_t>(j.offset) + static_cast<int64_t>(j.num_symbols) - 1 > hi) {
+          item.count = UINT64_MAX;  // refused below, before decoding
+          item.error = "the table's range does not fit the requested integer type";
+        }
+        item.sink = j.out_type == kInt8 ? store_narrow<int8_t> : store_narrow<int16_t>;
+      } else if (j.out_type == kFloat && j.step &&
+                 (j.step_count <= 1 || j.count == 0 || (j.step_stride && j.count % (j.step_count * j.step_stride) == 0))) {
+        scaled[i] = {static_cast<float*>(j.out), j.step, j.step_count, j.step_stride};
+        item.sink = store_scaled;
+        item.context = &scaled[i];
+      } else {
+        item.count = UINT64_MAX;
+        item.error = "unknown output type or steps that do not tile the values";
+      }
+    }
+    onnxcomp::entropy_decode_batch(items.data(), items.size());
+  } catch (const std::bad_alloc&) {
+    for (auto& item : items) {
+      if (item.ok) continue;
+      item.error = "out of memory while decoding";
+    }
+  }
+  for (uint64_t i = 0; i < n; ++i) {
+    jobs[i].status = items[i].ok ? 0 : 1;
+    failed += !items[i].ok;
+    std::string message = items[i].ok ? "" : items[i].error;
+    fail(message, jobs[i].error, sizeof jobs[i].error);
+  }
+  return failed;
 }
 
 // One BytePlaneDecode node: `width` (4 float32, 2 float16) plane streams back to back, their byte

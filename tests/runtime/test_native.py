@@ -90,18 +90,29 @@ def test_random_tensors_decode_to_the_same_bytes_as_constriction(values):
     assert native_values(plan, narrow).tobytes() == want.astype(narrow).tobytes()
 
 
-@settings(max_examples=60, deadline=None)
-@given(int_tensors, st.floats(0.0009765625, 8, width=32), st.booleans())
-def test_the_folded_scale_rounds_as_onnxruntime_cast_then_mul(values, scale, per_row):
-    values = values.reshape(values.shape if values.ndim else (1,))
+@settings(max_examples=80, deadline=None)
+@given(int_tensors, st.floats(0.0009765625, 8, width=32), st.integers(-1, 2))
+def test_the_folded_scale_rounds_as_onnxruntime_cast_then_mul(values, scale, axis):
+    # axis -1: one scalar step; else one step per index of that axis (rows, columns, ...)
     plan = plan_of(encode_tensor(values))
-    rows = values.shape[0]
-    step = (np.float32(scale) * (1 + np.arange(rows, dtype=np.float32))).reshape((rows,) + (1,) * (values.ndim - 1)) \
-        if per_row and rows > 1 else np.array([scale], np.float32)
+    if axis < 0 or axis >= values.ndim:
+        step = np.array([scale], np.float32)
+    else:
+        dims = [1] * values.ndim
+        dims[axis] = values.shape[axis]
+        step = (np.float32(scale) * (1 + np.arange(values.shape[axis], dtype=np.float32))).reshape(dims)
+    stride = native.step_layout(step, values.shape)
+    assert stride is not None
     out = np.empty(plan.count, np.float32)
-    native.entropy_decode_into(plan, out, step, int(np.prod(values.shape[1:])))
+    native.entropy_decode_into(plan, out, step, stride)
     want = (values.astype(np.float32) * step).astype(np.float32)
-    assert out.tobytes() == want.tobytes()
+    assert out.tobytes() == want.reshape(-1).tobytes()
+
+
+def test_steps_varying_along_two_axes_are_left_to_numpy():
+    assert native.step_layout(np.ones((3, 4), np.float32), (3, 4)) is None
+    assert native.step_layout(np.ones((1, 4), np.float32), (3, 4)) == 1
+    assert native.step_layout(np.ones((3, 1, 1), np.float32), (3, 5, 2)) == 10
 
 
 @settings(max_examples=80, deadline=None)
@@ -261,3 +272,21 @@ def test_the_decode_budget_applies_per_node_and_can_be_raised(packed, monkeypatc
         rt.CustomOpSession(packed, op="native", max_decoded_bytes=None, verify=True)
     monkeypatch.delenv(native.BUDGET_ENV)
     assert rt.CustomOpSession(packed, op="native", max_decoded_bytes=1 << 30) is not None
+
+
+def test_a_batch_decodes_as_one_stream_at_a_time_and_refuses_per_stream():
+    rng = np.random.default_rng(3)
+    plans = [plan_of(encode_tensor(np.rint(rng.laplace(0, s, n)).astype(np.int32)))
+             for s, n in ((0.5, 70_000), (3, 20_000), (40, 50_000), (2, 0), (1, 5), (8, 33_000))]
+    bad = dataclasses.replace(plans[2], crc32=plans[2].crc32 ^ 1)
+    jobs = [(p, np.empty(p.count, np.int32), None, 0) for p in plans[:2] + [bad] + plans[3:]]
+    errors = native.entropy_decode_batch(jobs)
+    assert [e is None for e in errors] == [True, True, False, True, True, True]
+    assert "CRC mismatch" in str(errors[2])
+    for (plan, out, _, _), error in zip(jobs, errors):
+        if error is None:
+            assert out.tobytes() == python_values(plan).tobytes()
+    step = np.float32(0.25) * np.arange(1, 71, dtype=np.float32).reshape(70, 1)
+    scaled = np.empty(70_000, np.float32)
+    assert native.entropy_decode_batch([(plans[0], scaled, step, 1000)]) == [None]
+    assert scaled.tobytes() == (python_values(plans[0]).reshape(70, 1000).astype(np.float32) * step).tobytes()
