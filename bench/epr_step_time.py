@@ -151,7 +151,7 @@ def epr_row(path: str, prior: str, args, x: np.ndarray, y: np.ndarray, tmp: Path
     model = load_model(path)
     original = onnx.load(path)
     ctx = CompileContext(seed=args.seed, progress=False, say=lambda s: None,
-                         original_model=original.SerializeToString())
+                         original_source=original)
     t = time.perf_counter()
     parse_pipeline(pipeline).run(model, ctx)
     reparam_s = time.perf_counter() - t

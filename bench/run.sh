@@ -18,6 +18,8 @@
 #   corpus    NOT in the default list (about an hour): the real third-party models of bench/corpus/
 #             (setup.sh, peers.py, measure.py, ours.py with ptq / ptq --data / lossless and the
 #             size ladder, plot.py) -> bench/out/corpus/ours.md, bench/figures/corpus-size-vs-task.png
+#   scale     NOT in the default list (~40 min, ~12 GB of disk): load/Run/decode/compress/decompress at
+#             ~25M, ~250M and ~600M parameters with external data (bench/scale.py) -> bench/out/scale/
 #   curve     NOT in the default list: EPR rate-error curves (bench/epr_curve.py), one training
 #             per lambda per model (CURVE_* below); tables + plots in bench/out/epr-curve-*
 #   report    merge bench/out/results/*.json (+ bench/out/epr-curve-*.md) into bench/out/BENCHMARKS.md
@@ -77,8 +79,8 @@ SKIPPED=()
 want() { local s; for s in "${STEPS[@]}"; do [[ "$s" == "$1" ]] && return 0; done; return 1; }
 for s in "${STEPS[@]}"; do
     case "$s" in
-        setup|peers|ours|ours-ptq|ours-epr|ours-wfn|steptime|load|corpus|curve|report) ;;
-        *) echo "unknown step: $s (steps: setup peers ours ours-ptq ours-epr ours-wfn steptime load corpus curve report)" >&2; exit 2 ;;
+        setup|peers|ours|ours-ptq|ours-epr|ours-wfn|steptime|load|scale|corpus|curve|report) ;;
+        *) echo "unknown step: $s (steps: setup peers ours ours-ptq ours-epr ours-wfn steptime load scale corpus curve report)" >&2; exit 2 ;;
     esac
 done
 want ours && STEPS+=(ours-ptq ours-epr ours-wfn)
@@ -176,6 +178,9 @@ if want steptime; then
 fi
 if want load; then
     step decode-at-load "$MAIN_PY" bench/decode_at_load.py
+fi
+if want scale; then
+    step scale "$MAIN_PY" bench/scale.py
 fi
 if want corpus; then
     step corpus-setup bash bench/corpus/setup.sh

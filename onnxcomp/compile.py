@@ -8,6 +8,7 @@ split is for ``onnxcomp eval`` alone.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from onnxcomp.errors import DataError
-from onnxcomp.model_io import StagedModel, load_model, to_proto, write_bytes_atomic
+from onnxcomp.model_io import StagedModel, load_model, load_proto, write_bytes_atomic
 from onnxcomp.pass_base import CompileContext
 from onnxcomp.pipeline import parse_pipeline
 from onnxcomp.report import payload_bytes, tensor_rows, weight_params
@@ -63,8 +64,7 @@ def compress(
     if max_error is not None and max_error_increase is not None:
         raise DataError("give --max-error or --max-error-increase, not both")
     model = load_model(input_path)
-    original = Original(Path(input_path), to_proto(model), Path(input_path).stat().st_size, payload_bytes(model),
-                        weight_params(model))
+    original = Original(Path(input_path), Path(input_path).stat().st_size, payload_bytes(model), weight_params(model))
     dataset = load_compile_data(data, original.proto) if data else None
     if dataset is not None and dataset.train is None and any(p.trains for p in pipe.passes):
         from onnxcomp.data import HELD_OUT_EVERY, split_for_training
@@ -76,7 +76,7 @@ def compress(
     # interrupted run can be resumed with the same command plus --resume.
     work_dir = Path(output_path).with_name(Path(output_path).name + ".train")
     context = CompileContext(data=dataset, seed=seed, max_error_increase=max_error_increase, max_error=max_error,
-                             progress=progress, say=say, original_model=original.proto,
+                             progress=progress, say=say, original_source=lambda: original.proto,
                              work_dir=work_dir, resume=resume)
     say(f"pipeline: {pipe}")
     n = len(pipe.passes)
@@ -101,10 +101,14 @@ class Original:
     """The model as the user gave it: what the report compares the output with."""
 
     path: Path
-    proto: Any                          # onnx.ModelProto
     file_bytes: int
     payload_bytes: int
     weights: dict[str, tuple[int, ...]]  # float tensors it stores, by name
+
+    @functools.cached_property
+    def proto(self) -> Any:
+        """onnx.ModelProto, read from the file when first needed (data-free runs never need it)."""
+        return load_proto(self.path)
 
 
 def build_report(original: Original, model, staged: StagedModel, pipe, context: CompileContext,

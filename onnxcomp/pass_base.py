@@ -35,7 +35,9 @@ class CompileContext:
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)  # progress lines
     # For passes that train: the model as the user gave it (a teacher, the error baseline), where
     # checkpoints go, and whether to resume from the ones found there.
-    original_model: Any = None  # onnx.ModelProto, serialized only by the passes that need it
+    # The onnx.ModelProto, or a function loading it: read from the file only by the passes that
+    # need it (a 2 GB model held once more for nothing would be 2 GB more peak memory).
+    original_source: Any = None
     work_dir: Path | None = None
     resume: bool = False
     # Per-tensor facts passes record for the report, keyed by the weight's original name.
@@ -43,6 +45,13 @@ class CompileContext:
     # What whole passes found (a training run, a budget search), one typed record per section.
     results: dict[str, PassReport] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
+
+    @property
+    def original_model(self) -> Any:
+        """The model as the user gave it (onnx.ModelProto), None when the run has none."""
+        if callable(self.original_source):
+            self.original_source = self.original_source()
+        return self.original_source
 
     def note(self, tensor: str, **facts: Any) -> None:
         self.tensor_notes.setdefault(tensor, {}).update(facts)

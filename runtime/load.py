@@ -81,7 +81,7 @@ def decode_to_arrays(model: Any, *, max_decoded_bytes: int | None = None, verify
 
 def external_initializers(data: bytes, base_dir: str | None) -> dict[str, np.ndarray]:
     """Main-graph initializers stored as external data, memory-mapped from ``base_dir`` (the
-    tensors :func:`InferenceSession` decoded into memory excepted)."""
+    decoded-weights file of :func:`InferenceSession` excepted)."""
     out = {}
     for f in w.parse_fields(memoryview(data)):
         if f.number == w.MODEL_GRAPH:
@@ -330,13 +330,15 @@ def _rewrite(data: bytes, handed_over: dict[str, np.ndarray] | None = None, *, w
 
 
 MAX_DECLARED_DIM = 1 << 31
-HANDED_OVER = w.DECODED_WEIGHTS_FILE
+# Where decode_to_arrays' tensors "live" in its graph: a location that does not exist (the caller
+# holds the arrays).
+HANDED_OVER = "onnxcomp-decoded-in-memory.bin"
 # InferenceSession's temporary file of decoded weights, which onnxruntime memory-maps: the pages
 # the decoder wrote are the pages onnxruntime reads (the page cache holds one copy). Handing
 # arrays over in memory instead is not safe: add_initializer shares them but onnxruntime's graph
 # optimizers (constant folding) still read the graph's own copy (measured, 1.19), and
 # add_external_initializers copies every tensor.
-DECODED_WEIGHTS = "decoded-weights.bin"
+DECODED_WEIGHTS = w.DECODED_WEIGHTS_FILE
 
 
 def _check_declared_shapes(checked: CheckedGraph) -> None:
@@ -458,11 +460,12 @@ def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: An
     same keyword arguments. Outputs are identical to those of the decompressed model.
     ``max_decoded_bytes``, ``verify`` and ``decode_workers`` are those of :func:`decode_model`.
 
-    The weights are decoded, by all cores, straight into memory that onnxruntime then uses as it
-    is (``sess_options.add_initializer``): nothing is serialized, copied or written to disk but
-    the small graph, and the session keeps the arrays alive (its ``onnxcomp_weights`` attribute).
-    Tensors the original model keeps as external data are memory-mapped from beside it and handed
-    over the same way. ``sess_options`` gets those initializers added: give each session its own.
+    The weights are decoded, by all cores, straight into a temporary external-data file (a shared
+    mapping of it) that onnxruntime then memory-maps while it loads the model from a path, as it
+    would load any model with external data: the pages the decoder wrote are the ones onnxruntime
+    reads, and no copy of the weights is serialized or handed over, so peak memory and load time
+    stay close to the plain model's. The temporary files are removed once the session exists (set
+    ONNXCOMP_TMPDIR to choose where they go).
     """
     import onnxruntime as ort
 

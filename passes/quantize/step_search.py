@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,8 +62,18 @@ class WeightSwapEvaluator:
     def __init__(self, model: ir.Model, weight_names: list[str], split: Split):
         import onnxruntime as ort
 
-        proto = ir.serde.serialize_model(model)
         names = set(weight_names)
+        # The swapped weights become graph inputs: serialize the graph without their bytes (a
+        # placeholder tensor each), so building the session costs no copy of the model.
+        swapped = [v for v in model.graph.initializers.values() if v.name in names and v.const_value is not None]
+        real = [v.const_value for v in swapped]
+        try:
+            for v, t in zip(swapped, real):
+                v.const_value = ir.ExternalTensor("unused", 0, t.nbytes, t.dtype, shape=t.shape, name=t.name)
+            proto = ir.serde.serialize_model(model)
+        finally:
+            for v, t in zip(swapped, real):
+                v.const_value = t
         kept = [t for t in proto.graph.initializer if t.name not in names]
         moved = [t for t in proto.graph.initializer if t.name in names]
         del proto.graph.initializer[:]
@@ -165,26 +176,47 @@ def search_say(context):
 
 
 class Candidates:
-    """Quantized versions of the weights, cached by (weight, bits): what the search feeds the
-    evaluator, and the latents' coded size estimate (``coded_bits_estimate``) it minimizes."""
+    """Quantized versions of the weights by (weight, bits): what the search feeds the evaluator,
+    and the latents' coded size estimate (``coded_bits_estimate``) it minimizes.
+
+    Sizes are kept for every candidate; the dequantized arrays only up to CACHE_WEIGHT_COPIES
+    times the weights' own bytes, least recently used first out (recomputed when needed again:
+    quantization is deterministic). Keeping every array made the search hold one float copy of
+    the model per bit width tried: 24 GiB, killed, for a 615M-parameter model (issue 13)."""
+
+    CACHE_WEIGHT_COPIES = 1.0
 
     def __init__(self, weights: list[Weight], qpass):
         self.weights, self.qpass = weights, qpass
-        self._cache: dict[tuple[str, float], tuple[np.ndarray, float]] = {}
+        self._sizes: dict[tuple[str, float], float] = {}
+        self._arrays: OrderedDict[tuple[str, float], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._budget = max(64 << 20, int(self.CACHE_WEIGHT_COPIES * sum(w.value.const_value.nbytes for w in weights)))
 
     def get(self, w: Weight, b: float) -> tuple[np.ndarray, float]:
         """(dequantized weight, its latents' coded size estimate in bits, table included)."""
         key = (w.name, b)
-        if key not in self._cache:
-            k, _, deq = self.qpass.quantize(w, b)
-            self._cache[key] = (deq, coded_bits_estimate(k))
-        return self._cache[key]
+        deq = self._arrays.get(key)
+        if deq is not None:
+            self._arrays.move_to_end(key)
+            return deq, self._sizes[key]
+        k, _, deq = self.qpass.quantize(w, b)
+        if key not in self._sizes:
+            self._sizes[key] = coded_bits_estimate(k)
+        del k
+        self._arrays[key] = deq
+        self._bytes += deq.nbytes
+        while self._bytes > self._budget and len(self._arrays) > 1:
+            _, old = self._arrays.popitem(last=False)
+            self._bytes -= old.nbytes
+        return deq, self._sizes[key]
 
     def feed(self, bits: dict[str, float]) -> dict[str, np.ndarray]:
         return {w.name: self.get(w, bits[w.name])[0] for w in self.weights}
 
     def size(self, bits: dict[str, float]) -> float:
-        return sum(self.get(w, bits[w.name])[1] for w in self.weights)
+        return sum(self._sizes[(w.name, bits[w.name])] if (w.name, bits[w.name]) in self._sizes
+                   else self.get(w, bits[w.name])[1] for w in self.weights)
 
     def uniform(self, b: float) -> dict[str, float]:
         """Every weight at ``b`` (biases keep their extra bits)."""
