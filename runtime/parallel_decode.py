@@ -54,18 +54,18 @@ class Job:
         return None if stride is None or flat.dtype != np.float32 else (self.plan, flat, self.step, stride)
 
     def run(self) -> None:
+        args = self.native_args()
+        if args is not None:
+            # A scalar step or one per index of an axis folds natively (float32 multiplication
+            # commutes exactly, so the graph's operand order does not matter).
+            native.entropy_decode_into(*args)
+            return
         shape = self.plan.shape
         if self.step is None:
             self.plan.decode_into(self.out.reshape(-1))  # a view: out is C-contiguous
             return
         row = math.prod(shape[1:])
         lead = self.step.ndim == len(shape) and self.step.shape[0] == shape[0] and shape[0] > 1
-        stride = native.step_layout(self.step, shape) if native.available() else None
-        if stride is not None and isinstance(self.plan, DecodePlan) and self.out.flags.c_contiguous:
-            # A scalar step or one per index of an axis: the native decoder folds it (float32
-            # multiplication commutes exactly, so the graph's operand order does not matter).
-            native.entropy_decode_into(self.plan, self.out.reshape(-1), self.step, stride)
-            return
         flat = self.out.reshape(shape[0], -1) if shape else self.out.reshape(1, -1)
         r = 0
         for chunk in iter_values(self.plan, granularity=max(1, row)):
@@ -147,8 +147,8 @@ class Arena:
 
 def run_jobs(jobs: list[Job], workers: int) -> None:
     """Run every job; raise the first job's OnnxcompError (FormatError for bad streams)."""
-    if workers > 1 and len(jobs) > 1 and native.available():
-        _run_in_threads(jobs, workers)
+    if native.available():  # one interleaved batch per thread, even on one
+        _run_in_threads(jobs, max(1, workers))
         return
     if workers <= 1 or len(jobs) < 2 or not hasattr(os, "fork"):
         for job in jobs:
