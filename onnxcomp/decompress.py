@@ -142,6 +142,11 @@ def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike, fo
             elif isinstance(t, ir.ExternalTensor):  # the original's own external data, beside it
                 value.const_value = ir.ExternalTensor(t.location, t.offset, t.length, t.dtype, shape=t.shape,
                                                       name=t.name, base_dir=base_dir)
+            if value.const_value is not None:
+                # Read (or mapped) now, while errors name the input: declared dims the bytes do not
+                # fill, or an external location, offset or length that is wrong, fail here, not
+                # half-way through writing the output.
+                value.const_value.numpy()
         if fold:
             stage = "fold"
             fold_constant_decoders(model)

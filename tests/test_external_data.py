@@ -55,3 +55,25 @@ def test_decompress_writes_large_outputs_as_external_data_onnxruntime_maps(tmp_p
     outputs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, mlp_input)[0]
                for p in (inline, external)]
     assert outputs[0].tobytes() == outputs[1].tobytes() == rt.InferenceSession(packed).run(None, mlp_input)[0].tobytes()
+
+
+def test_decompress_refuses_an_initializer_whose_bytes_do_not_fill_its_dims(tmp_path):
+    # Found by bench/fuzz.py: a float step declaring 2**57 elements over 4 bytes of data made the
+    # output's external-data writer fail half-way (a raw OSError); now it is refused on reading.
+    import pytest
+
+    import onnxcomp.decompress as dec
+    from onnxcomp.errors import ModelLoadError
+    from onnxcomp.model_io import serialize
+
+    src, packed = tmp_path / "mlp.onnx", tmp_path / "mlp.ptq.onnx"
+    onnx.save(tiny_mlp(), src)
+    compress(src, packed, pipeline="ptq", progress=False)
+    model = onnx.load(packed)
+    step = next(t for t in model.graph.initializer if t.name.endswith(".step"))
+    step.dims[:] = [1 << 57]
+    packed.write_bytes(serialize(model))  # sealed again: the checks behind the seal must hold
+    out = tmp_path / "out" / "plain.onnx"
+    with pytest.raises(ModelLoadError, match="cannot be read"):
+        dec.decompress(packed, out)
+    assert not out.parent.exists() or not list(out.parent.iterdir())
