@@ -9,10 +9,12 @@ One shared library serves two callers:
       so.register_custom_ops_library(onnxcomp.runtime.native_library_path())
       sess = onnxruntime.InferenceSession("model.onnxcomp.onnx", so)
 
-  (:func:`NativeOpSession` does this after checking the file's seal: the op sees its node's inputs
-  only, never the file, so the seal is the loader's to check);
-- onnxcomp's own decode at load, through ctypes (:func:`decode_into`): a foreign call releases
-  the GIL, so streams decode on every core in threads, with no fork.
+  (``onnxcomp.runtime.CustomOpSession(path, op="native")`` does this after checking the file's
+  seal and graph: a kernel sees its node's inputs only, never the file, so the seal is the
+  loader's to check);
+- onnxcomp's own decode at load, through ctypes (:func:`entropy_decode_batch`,
+  :func:`entropy_decode_into`, :func:`byte_plane_decode_into`): a foreign call releases the GIL,
+  so streams decode on every core in threads, with no fork.
 
 Where the library is missing (no compiler when the package was built) or disabled
 (``ONNXCOMP_NATIVE=0``), the Python decoders (constriction) serve decode at load and
@@ -33,8 +35,10 @@ import numpy as np
 
 from onnxcomp.errors import FormatError, OnnxcompError
 
+from .integrity import MAX_DECODED_BYTES_ENV
+
 LIBRARY_ENV = "ONNXCOMP_NATIVE_LIBRARY"
-BUDGET_ENV = "ONNXCOMP_MAX_DECODED_BYTES"  # = integrity.MAX_DECODED_BYTES_ENV, read by the kernels too
+BUDGET_ENV = MAX_DECODED_BYTES_ENV  # the decode budget's variable, which the kernels read too
 DISABLE_ENV = "ONNXCOMP_NATIVE"  # "0": decode at load uses the Python decoders
 ABI_VERSION = 1  # of the C entry points (runtime/csrc/exports.cc: onnxcomp_native_abi_version)
 _NAME = {"win32": "libonnxcomp_ops.dll", "darwin": "libonnxcomp_ops.dylib"}.get(sys.platform, "libonnxcomp_ops.so")
