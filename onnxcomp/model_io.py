@@ -158,18 +158,26 @@ def verify(model: ir.Model, after: str) -> None:
         raise ModelError(f"model is invalid after {after}: {first}") from None
 
 
-def _check_without_weight_bytes(model: ir.Model) -> None:
-    """onnx.checker on the model with every initializer an external-data reference to an empty
-    placeholder file (the checker wants the file to exist, not to hold the bytes)."""
-    values = [v for v in model.graph.initializers.values() if v.const_value is not None]
+def proto_without_bytes(model: ir.Model, names: set[str] | None = None, location: str = "") -> onnx.ModelProto:
+    """The model's proto with the named initializers (every one: None) serialized as external-data
+    references to ``location`` instead of their bytes: a graph to build or check without one more
+    copy of the weights. The model itself is left as it was."""
+    values = [v for v in model.graph.initializers.values()
+              if v.const_value is not None and (names is None or v.name in names)]
     kept = [v.const_value for v in values]
     try:
         for v, t in zip(values, kept):
-            v.const_value = ir.ExternalTensor(_UNCHECKED_DATA, 0, t.nbytes, t.dtype, shape=t.shape, name=t.name)
-        proto = to_proto(model)
+            v.const_value = ir.ExternalTensor(location, 0, t.nbytes, t.dtype, shape=t.shape, name=t.name)
+        return to_proto(model)
     finally:
         for v, t in zip(values, kept):
             v.const_value = t
+
+
+def _check_without_weight_bytes(model: ir.Model) -> None:
+    """onnx.checker on the model with every initializer an external-data reference to an empty
+    placeholder file (the checker wants the file to exist, not to hold the bytes)."""
+    proto = proto_without_bytes(model, location=_UNCHECKED_DATA)
     with tempfile.TemporaryDirectory(prefix="onnxcomp-check-") as tmp:
         Path(tmp, _UNCHECKED_DATA).touch()
         path = Path(tmp, "model.onnx")

@@ -232,14 +232,14 @@ def _rewrite(data: bytes, handed_over: dict[str, np.ndarray] | None = None, *, w
              max_decoded_bytes: int | None = None, verify: bool = True, workers: int | None = None) -> bytes:
     """Decode every ai.onnxcomp node of the main graph.
 
-    handed_over None: decoded tensors become inline initializers (standard ONNX bytes).
-    handed_over a dict: Cast(float32) -> Mul(step) chains are folded too, every decoded tensor is
-    decoded in place (by all workers) and put in the dict by name, and the returned graph declares
-    it as external data: with ``weights_file``, the arrays are mappings of that file and the graph
-    references it by its base name (save the graph beside it); without, they are memory of their
-    own and the location is :data:`HANDED_OVER`, which does not exist (the caller has the arrays).
+    Neither ``weights_file`` nor ``handed_over``: decoded tensors become inline initializers
+    (standard ONNX bytes). Either: Cast(float32) -> Mul(step) chains are folded too, every decoded
+    tensor is decoded in place (by all workers) and the returned graph declares it as external
+    data: ``weights_file``, a file the graph references by its base name (save the graph beside
+    it); ``handed_over``, a dict that receives the arrays by name, at the location
+    :data:`HANDED_OVER`, which does not exist.
     """
-    hand_over = handed_over is not None
+    hand_over = handed_over is not None or weights_file is not None
     checked = check_graph(data, verify=verify, max_decoded_bytes=max_decoded_bytes)
     if checked is None:
         return data
@@ -270,7 +270,7 @@ def _rewrite(data: bytes, handed_over: dict[str, np.ndarray] | None = None, *, w
 
     total = sum(p.count for t in tensors for p in t.plans)
     workers = workers_available(workers) if total >= PARALLEL_MIN_SYMBOLS else 1
-    arena = Arena(specs, shared=needs_shared_memory(workers), path=weights_file if hand_over else None)
+    arena = Arena(specs, shared=needs_shared_memory(workers), path=weights_file)
     jobs = []
     results: dict[str, np.ndarray] = {}
     for t, full, (name, step, step_first) in zip(tensors, arena.arrays, targets):
@@ -307,13 +307,14 @@ def _rewrite(data: bytes, handed_over: dict[str, np.ndarray] | None = None, *, w
         if hand_over:
             location = os.path.basename(weights_file) if weights_file else HANDED_OVER
             proto = w.external_data_ref(name, array, location, offset if weights_file else 0)
-            handed_over[name] = array
+            if handed_over is not None:
+                handed_over[name] = array
         else:
             proto = w.tensor_proto(name, array)
         parts.append(w.len_field(w.GRAPH_INITIALIZER, proto))
     graph_payload = b"".join(parts)
     del parts, results, jobs
-    if not hand_over or weights_file:
+    if handed_over is None:
         arena.close()  # a file's data stays in it; handed-over memory lives on with its arrays
 
     out_parts: list[bytes | memoryview] = []
@@ -477,7 +478,7 @@ def InferenceSession(path_or_model: Any, sess_options: Any = None, providers: An
     is_path = not isinstance(path_or_model, (bytes, bytearray, memoryview)) and not hasattr(path_or_model, "SerializeToString")
     base_dir = str(Path(os.fspath(path_or_model)).resolve().parent) if is_path else None
     with tempfile.TemporaryDirectory(prefix="onnxcomp-", dir=os.environ.get("ONNXCOMP_TMPDIR"), ignore_cleanup_errors=True) as tmp:
-        decoded = _rewrite(data, {}, weights_file=os.path.join(tmp, DECODED_WEIGHTS), max_decoded_bytes=max_decoded_bytes,
+        decoded = _rewrite(data, weights_file=os.path.join(tmp, DECODED_WEIGHTS), max_decoded_bytes=max_decoded_bytes,
                            verify=verify, workers=decode_workers)
         del data
         # Tensors the original model keeps as external data live beside *it*, not in tmp: they go

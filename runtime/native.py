@@ -40,7 +40,7 @@ from .integrity import MAX_DECODED_BYTES_ENV
 LIBRARY_ENV = "ONNXCOMP_NATIVE_LIBRARY"
 BUDGET_ENV = MAX_DECODED_BYTES_ENV  # the decode budget's variable, which the kernels read too
 DISABLE_ENV = "ONNXCOMP_NATIVE"  # "0": decode at load uses the Python decoders
-ABI_VERSION = 1  # of the C entry points (runtime/csrc/exports.cc: onnxcomp_native_abi_version)
+ABI_VERSION = 2  # of the C entry points (runtime/csrc/exports.cc: onnxcomp_native_abi_version)
 _NAME = {"win32": "libonnxcomp_ops.dll", "darwin": "libonnxcomp_ops.dylib"}.get(sys.platform, "libonnxcomp_ops.so")
 _ERROR_SIZE = 1024
 ERROR_PREFIX = "onnxcomp: "  # how the library's kernels start a refusal (runtime/csrc/ops.cc)
@@ -95,8 +95,6 @@ def _load(path: str) -> ctypes.CDLL:
         raise NativeLibraryMissing(f"{path}: C interface version {lib.onnxcomp_native_abi_version()}, this "
                                    f"onnxcomp needs {ABI_VERSION}: rebuild it (pip install -e .)")
     p, u64, i32, u32 = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int32, ctypes.c_uint32
-    lib.onnxcomp_entropy_decode.argtypes = [p, u64, p, u64, i32, u64, u32, p, i32, p, u64, u64, ctypes.c_char_p, u64]
-    lib.onnxcomp_entropy_decode.restype = ctypes.c_int
     lib.onnxcomp_byte_plane_decode.argtypes = [p, u64, p, p, i32, u64, u32, p, ctypes.c_char_p, u64]
     lib.onnxcomp_byte_plane_decode.restype = ctypes.c_int
     lib.onnxcomp_native_kernel_decodes.restype = ctypes.c_uint64
@@ -171,18 +169,9 @@ def entropy_decode_into(plan, flat: np.ndarray, step: np.ndarray | None = None, 
     (int8/int16/int32; or float32 times ``step``: one float32 step, or ``step.size`` steps along
     one axis, element i taking step[(i // step_stride) % step.size], see :func:`step_layout`).
     Raises FormatError naming the plan's node on a bad stream."""
-    lib = library()
-    assert lib is not None and flat.flags.c_contiguous and flat.size == plan.count
-    words = np.ascontiguousarray(plan.words, dtype="<u4")
-    table = np.ascontiguousarray(plan.frequencies, dtype=np.int32)
-    steps = None if step is None else np.ascontiguousarray(step, dtype=np.float32).reshape(-1)
-    err = ctypes.create_string_buffer(_ERROR_SIZE)
-    rc = lib.onnxcomp_entropy_decode(
-        words.ctypes.data, words.nbytes, table.ctypes.data, table.size, plan.offset, plan.count,
-        plan.crc32 if plan.crc32 is not None else 0, flat.ctypes.data, OUT_TYPES[flat.dtype],
-        None if steps is None else steps.ctypes.data, 0 if steps is None else steps.size, step_stride, err, _ERROR_SIZE)
-    if rc:
-        raise FormatError(f"{plan.where}: {err.value.decode(errors='replace')}")
+    (error,) = entropy_decode_batch([(plan, flat, step, step_stride)])
+    if error is not None:
+        raise error
 
 
 def step_layout(step: np.ndarray, shape: tuple[int, ...]) -> int | None:

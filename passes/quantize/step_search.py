@@ -33,6 +33,7 @@ from onnxcomp.data import Split, batches
 from onnxcomp.errors import DataError
 from onnxcomp.graph.weights import Weight
 from onnxcomp.metrics import error_rate, fixed_batch, predictions, truth_rows
+from onnxcomp.model_io import proto_without_bytes
 from onnxcomp.pass_base import PassReport
 
 
@@ -63,17 +64,9 @@ class WeightSwapEvaluator:
         import onnxruntime as ort
 
         names = set(weight_names)
-        # The swapped weights become graph inputs: serialize the graph without their bytes (a
-        # placeholder tensor each), so building the session costs no copy of the model.
-        swapped = [v for v in model.graph.initializers.values() if v.name in names and v.const_value is not None]
-        real = [v.const_value for v in swapped]
-        try:
-            for v, t in zip(swapped, real):
-                v.const_value = ir.ExternalTensor("unused", 0, t.nbytes, t.dtype, shape=t.shape, name=t.name)
-            proto = ir.serde.serialize_model(model)
-        finally:
-            for v, t in zip(swapped, real):
-                v.const_value = t
+        # The swapped weights become graph inputs: serialize the graph without their bytes, so
+        # building the session costs no copy of the model.
+        proto = proto_without_bytes(model, names)
         kept = [t for t in proto.graph.initializer if t.name not in names]
         moved = [t for t in proto.graph.initializer if t.name in names]
         del proto.graph.initializer[:]

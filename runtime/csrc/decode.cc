@@ -97,31 +97,37 @@ struct Table {
   }
 
   // The symbol s with cdf[s] <= q < cdf[s + 1].
-  inline uint32_t symbol(uint32_t q) const {
-    if (!bucket.empty()) {
-      const uint32_t b = q >> (kPrecision - kBucketBits);
-      const uint32_t e = bucket[b];
-      uint32_t s = e & ~kMixed;
-      if (!(e & kMixed)) return s;
-      const uint32_t last = bucket[b + 1] & ~kMixed;
-      if (last - s <= 8) {
-        while (cdf[s + 1] <= q) ++s;
-        return s;
-      }
-      return search(q, s, last);  // a hostile table's crowded bucket: log2(K) steps, never 2^12
-    }
-    return search(q, 0, static_cast<uint32_t>(cdf.size()) - 2);
-  }
-
-  // The largest s in [lo, hi] with cdf[s] <= q.
-  inline uint32_t search(uint32_t q, uint32_t lo, uint32_t hi) const {
-    while (lo < hi) {
-      const uint32_t mid = (lo + hi + 1) / 2;
-      if (cdf[mid] <= q) lo = mid; else hi = mid - 1;
-    }
-    return lo;
-  }
+  inline uint32_t symbol(uint32_t q) const;
 };
+
+// The largest s in [lo, hi] with cdf[s] <= q.
+inline uint32_t search_cdf(const uint32_t* cdf, uint32_t q, uint32_t lo, uint32_t hi) {
+  while (lo < hi) {
+    const uint32_t mid = (lo + hi + 1) / 2;
+    if (cdf[mid] <= q) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// The symbol holding quantile q in a table with buckets, from raw pointers (the lockstep loop
+// keeps them in registers).
+inline uint32_t bucket_symbol(const uint32_t* bucket, const uint32_t* cdf, uint32_t q) {
+  const uint32_t b = q >> (kPrecision - kBucketBits);
+  const uint32_t e = bucket[b];
+  uint32_t s = e & ~Table::kMixed;
+  if (!(e & Table::kMixed)) return s;
+  const uint32_t last = bucket[b + 1] & ~Table::kMixed;
+  if (last - s <= 8) {
+    while (cdf[s + 1] <= q) ++s;
+    return s;
+  }
+  return search_cdf(cdf, q, s, last);  // a hostile table's crowded bucket: log2(K) steps, never 2^12
+}
+
+inline uint32_t Table::symbol(uint32_t q) const {
+  return bucket.empty() ? search_cdf(cdf.data(), q, 0, static_cast<uint32_t>(cdf.size()) - 2)
+                        : bucket_symbol(bucket.data(), cdf.data(), q);
+}
 
 // The state of one stream while it decodes (FORMAT.md section 3).
 struct Decoder {
@@ -209,49 +215,6 @@ bool check_stream(const Stream& s, uint64_t count, std::string& error) {
 
 namespace {
 
-// Decodes into `out` when sink is null, else through a chunk buffer handed to the sink.
-bool decode_stream(const Stream& s, int32_t offset, uint64_t count, uint32_t crc32, int32_t* out, ChunkSink sink,
-                   void* context, std::string& error) {
-  (void)crc_ready;
-  if (count > kMaxElements) {
-    error = "declared " + std::to_string(count) + " values, over the format's " + std::to_string(kMaxElements);
-    return false;
-  }
-  Table t;
-  if (!check_bytes(s.bytes, s.num_bytes, "", error) || !t.build(s.frequencies, s.num_symbols, count, "", error) ||
-      !check_bound(s.num_bytes, t.max_frequency, count, "", error))
-    return false;
-  if (static_cast<int64_t>(offset) + static_cast<int64_t>(s.num_symbols) - 1 > INT32_MAX) {
-    error = "offset " + std::to_string(offset) + " with " + std::to_string(s.num_symbols) +
-            " symbols puts decoded values outside int32";
-    return false;
-  }
-  std::vector<int32_t> buffer(sink ? (count < kChunk ? count : kChunk) : 0);
-  Decoder d(s.bytes, s.num_bytes / 4);
-  uint32_t crc = 0;
-  for (uint64_t done = 0; done < count;) {
-    const uint64_t n = count - done < kChunk ? count - done : kChunk;
-    int32_t* chunk = sink ? buffer.data() : out + done;
-    d.decode(t, n, [&](uint64_t i, uint32_t sym) { chunk[i] = static_cast<int32_t>(sym) + offset; });
-    crc = crc32_update(crc, chunk, n * 4);
-    if (sink) sink(context, chunk, done, n);
-    done += n;
-  }
-  if (!d.ended()) {
-    error = "bitstream has data left after " + std::to_string(count) + " symbols (truncated table, shape or stream)";
-    return false;
-  }
-  if (crc != crc32) {
-    error = crc_mismatch(crc32, crc);
-    return false;
-  }
-  return true;
-}
-
-}  // namespace
-
-namespace {
-
 // One stream of a batch while it decodes.
 struct Lane {
   BatchItem* item = nullptr;
@@ -262,7 +225,7 @@ struct Lane {
   std::vector<int32_t> values = std::vector<int32_t>(kChunk);
 };
 
-// Checks an item as decode_stream does; false (with the item's error set) when it cannot start.
+// Checks an item (FORMAT.md section 4); false, with the item's error set, when it cannot start.
 bool start_lane(Lane& lane, BatchItem& item) {
   lane.item = &item;
   lane.done = 0;
@@ -298,25 +261,6 @@ void finish_lane(Lane& lane) {
     item.ok = true;
   }
   lane.item = nullptr;
-}
-
-// The symbol holding quantile q, from raw table pointers (Table::symbol's logic for a table with
-// buckets, which every batch lane has: the lockstep loop keeps these in registers).
-inline uint32_t bucket_symbol(const uint32_t* bucket, const uint32_t* cdf, uint32_t q) {
-  const uint32_t b = q >> (kPrecision - kBucketBits);
-  const uint32_t e = bucket[b];
-  uint32_t s = e & ~Table::kMixed;
-  if (!(e & Table::kMixed)) return s;
-  uint32_t hi = bucket[b + 1] & ~Table::kMixed;
-  if (hi - s <= 8) {
-    while (cdf[s + 1] <= q) ++s;
-    return s;
-  }
-  while (s < hi) {
-    const uint32_t mid = (s + hi + 1) / 2;
-    if (cdf[mid] <= q) s = mid; else hi = mid - 1;
-  }
-  return s;
 }
 
 // n symbols of each of N lanes, one symbol of every lane per step.
@@ -414,12 +358,14 @@ void entropy_decode_batch(BatchItem* items, size_t n) {
 
 bool entropy_decode(const Stream& s, int32_t offset, uint64_t count, uint32_t crc32, int32_t* out,
                     std::string& error) {
-  return decode_stream(s, offset, count, crc32, out, nullptr, nullptr, error);
-}
-
-bool entropy_decode(const Stream& s, int32_t offset, uint64_t count, uint32_t crc32, ChunkSink sink, void* context,
-                    std::string& error) {
-  return decode_stream(s, offset, count, crc32, nullptr, sink, context, error);
+  BatchItem item{s, offset, count, crc32,
+                 [](void* context, const int32_t* values, uint64_t start, uint64_t n) {
+                   std::memcpy(static_cast<int32_t*>(context) + start, values, n * sizeof(int32_t));
+                 },
+                 out};
+  entropy_decode_batch(&item, 1);
+  error = item.error;
+  return item.ok;
 }
 
 bool byte_plane_decode(const uint8_t* bitstream, uint64_t num_bytes, const int64_t* stream_bytes,

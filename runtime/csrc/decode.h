@@ -35,22 +35,20 @@ struct Stream {
 // hold (count * (24 - log2(max f)) <= 8 * bytes + 64).
 bool check_stream(const Stream& s, uint64_t count, std::string& error);
 
-// EntropyDecode: check_stream, offset + K - 1 within int32, decode, end-of-stream, CRC.
+// Values handed over in chunks: values[0..n) are elements start..start+n. They are only valid
+// once the decode returns success (the end-of-stream and CRC checks come after the last chunk).
+using ChunkSink = void (*)(void* context, const int32_t* values, uint64_t start, uint64_t n);
+
+// EntropyDecode of one stream into int32: check_stream, offset + K - 1 within int32, decode,
+// end-of-stream, CRC (a batch of one, below).
 bool entropy_decode(const Stream& s, int32_t offset, uint64_t count, uint32_t crc32, int32_t* out,
                     std::string& error);
-
-// The same, handing the values to `sink` in chunks (values[0..n) are elements start..start+n) instead
-// of writing int32: for narrower integers or a fused scale. The values are only valid once the call
-// returns true (the end-of-stream and CRC checks come after the last chunk).
-using ChunkSink = void (*)(void* context, const int32_t* values, uint64_t start, uint64_t n);
-bool entropy_decode(const Stream& s, int32_t offset, uint64_t count, uint32_t crc32, ChunkSink sink,
-                    void* context, std::string& error);
 
 // Many EntropyDecode streams, decoded four at a time in lockstep: each stream's next symbol
 // depends on its previous one, so one stream leaves the core waiting on that chain; four
 // independent chains overlap (2.3x the symbols per second of one, measured). Each item is
-// checked, decoded and finished exactly as entropy_decode does it; a failing item gets its
-// error and the others go on. Values reach each item's sink in chunks, in order.
+// checked, decoded and finished as FORMAT.md says; a failing item gets its error and the others
+// go on. Values reach each item's sink in chunks, in order.
 struct BatchItem {
   Stream stream;
   int32_t offset;

@@ -67,50 +67,14 @@ void store_scaled(void* context, const int32_t* values, uint64_t start, uint64_t
 }  // namespace
 
 // Version of this C interface (bumped when a signature below changes).
-ONNXCOMP_EXPORT int onnxcomp_native_abi_version() { return 1; }
-
-// One EntropyDecode stream into `out`, of `out_type`: 6 int32; 3 int8 or 5 int16 (the table's
-// range offset .. offset + K - 1 must fit); 1 float32 = the decoded value times a step (the graph's
-// Cast -> Mul folded): `step[0]` for every value when step_count <= 1, else
-// step[(i / step_stride) % step_count] (a step per index of one axis; step_count * step_stride
-// divides count).
-ONNXCOMP_EXPORT int onnxcomp_entropy_decode(const uint8_t* bitstream, uint64_t num_bytes, const int32_t* frequencies,
-                                            uint64_t num_symbols, int32_t offset, uint64_t count, uint32_t crc32,
-                                            void* out, int32_t out_type, const float* step, uint64_t step_count,
-                                            uint64_t step_stride, char* error, uint64_t error_size) {
-  std::string message;
-  const onnxcomp::Stream stream{bitstream, num_bytes, frequencies, num_symbols};
-  try {
-    bool ok = false;
-    if (out_type == kInt32) {
-      ok = onnxcomp::entropy_decode(stream, offset, count, crc32, static_cast<int32_t*>(out), message);
-    } else if (out_type == kInt8 || out_type == kInt16) {
-      const int64_t lo = out_type == kInt8 ? std::numeric_limits<int8_t>::min() : std::numeric_limits<int16_t>::min();
-      const int64_t hi = out_type == kInt8 ? std::numeric_limits<int8_t>::max() : std::numeric_limits<int16_t>::max();
-      if (offset < lo || static_cast<int64_t>(offset) + static_cast<int64_t>(num_symbols) - 1 > hi)
-        return fail("the table's range does not fit the requested integer type", error, error_size);
-      ok = onnxcomp::entropy_decode(stream, offset, count, crc32,
-                                    out_type == kInt8 ? store_narrow<int8_t> : store_narrow<int16_t>, out, message);
-    } else if (out_type == kFloat) {
-      if (!step || (step_count > 1 && count && (step_stride == 0 || count % (step_count * step_stride) != 0)))
-        return fail("scaled decode: " + std::to_string(step_count) + " steps of stride " + std::to_string(step_stride) +
-                        " do not tile " + std::to_string(count) + " values",
-                    error, error_size);
-      Scaled scaled{static_cast<float*>(out), step, step_count, step_stride};
-      ok = onnxcomp::entropy_decode(stream, offset, count, crc32, store_scaled, &scaled, message);
-    } else {
-      return fail("unknown output type " + std::to_string(out_type), error, error_size);
-    }
-    if (ok) return 0;
-  } catch (const std::bad_alloc&) {
-    message = "out of memory while decoding";
-  }
-  return fail(message, error, error_size);
-}
+ONNXCOMP_EXPORT int onnxcomp_native_abi_version() { return 2; }
 
 // A batch of EntropyDecode streams (decode.h: entropy_decode_batch interleaves four at a time),
-// each with the arguments of onnxcomp_entropy_decode; `status` (0 ok, 1 failed) and `error` are
-// written per job. Returns how many failed.
+// each written to `out` as `out_type`: 6 int32; 3 int8 or 5 int16 (the table's range offset ..
+// offset + K - 1 must fit); 1 float32 = the decoded value times a step (the graph's Cast -> Mul
+// folded): `step[0]` for every value when step_count <= 1, else step[(i / step_stride) % step_count]
+// (a step per index of one axis; step_count * step_stride divides count). `status` (0 ok,
+// 1 failed) and `error` are written per job. Returns how many failed.
 struct DecodeJob {
   const uint8_t* bitstream;
   uint64_t num_bytes;
