@@ -17,7 +17,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 LIBRARY = "onnxcomp.runtime.libonnxcomp_ops"
-SOURCES = ["runtime/csrc/decode.cc", "runtime/csrc/exports.cc", "runtime/csrc/ops.cc"]
+SOURCES = ["runtime/csrc/decode.cc", "runtime/csrc/exports.cc", "runtime/csrc/ops.cc", "runtime/csrc/quantize.cc"]
 
 
 class BuildSharedLibrary(build_ext):
@@ -46,7 +46,7 @@ setup(
     ext_modules=[Extension(
         LIBRARY,
         sources=SOURCES,
-        depends=["runtime/csrc/decode.h", "runtime/csrc/ort_abi.h"],
+        depends=["runtime/csrc/decode.h", "runtime/csrc/ort_abi.h", "runtime/csrc/quantize.h"],
         language="c++",
         extra_compile_args=["-std=c++17", "-O3", "-g0", "-fvisibility=hidden"],
         extra_link_args=["-pthread"],

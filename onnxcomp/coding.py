@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxcomp.runtime import format as fmt
+from onnxcomp.runtime import native
 from onnxcomp.runtime.entropy_decode import crc32_of
 
 
@@ -63,14 +64,18 @@ def encode_tensor(values: np.ndarray) -> EncodedTensor:
     v = np.asarray(values)
     if v.dtype.kind not in "iu":
         raise TypeError(f"entropy coding needs integers, got {v.dtype}")
-    flat = v.reshape(-1).astype(np.int64)
-    lo = int(flat.min()) if flat.size else 0
-    hi = int(flat.max()) if flat.size else 0
+    lo = int(v.min()) if v.size else 0
+    hi = int(v.max()) if v.size else 0
     if hi - lo + 1 > fmt.MAX_SYMBOLS:
         raise ValueError(f"value range {lo}..{hi} exceeds {fmt.MAX_SYMBOLS} symbols")
-    counts = np.bincount(flat - lo, minlength=max(2, hi - lo + 1)) if flat.size else np.zeros(2, np.int64)
+    if lo < -(2**31) or hi >= 2**31:
+        raise ValueError(f"value range {lo}..{hi} does not fit EntropyDecode's int32 output")
+    flat = v.reshape(-1).astype(np.int32, copy=False)
+    counts = np.zeros(2, np.int64) if not flat.size else integer_histogram(flat)[1]
+    if counts.size < 2:
+        counts = np.concatenate([counts, np.zeros(2 - counts.size, np.int64)])
     freqs = quantize_counts(counts)
-    bitstream = ans_encode((flat - lo).astype(np.int32), freqs)
+    bitstream = ans_encode((flat - np.int32(lo)).astype(np.int32, copy=False), freqs)
     nz = counts[counts > 0]
     ideal = ideal_bits(counts, freqs)
     entropy = float(-(nz * np.log2(nz / max(1, flat.size))).sum()) if flat.size else 0.0
@@ -79,7 +84,7 @@ def encode_tensor(values: np.ndarray) -> EncodedTensor:
         frequencies=freqs.astype(np.int32),
         offset=lo,
         shape=tuple(int(d) for d in v.shape),
-        crc32=crc32_of(v.astype(np.int32)),
+        crc32=crc32_of(flat),
         ideal_bits=ideal,
         empirical_entropy_bits=entropy,
     )
@@ -153,14 +158,41 @@ def narrowest_int_dtype(lo: int, hi: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
+HISTOGRAM_MAX_BINS = 1 << 24  # integer ranges up to this are counted by bins, wider ones by sorting
+
+
+def integer_histogram(values: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """(lo, counts) with counts[b] = how many ``values`` equal lo + b, in one pass (the native
+    library for int32, numpy's bincount otherwise); None for floats, empty arrays and ranges over
+    HISTOGRAM_MAX_BINS (callers sort instead)."""
+    v = np.asarray(values).reshape(-1)
+    if v.size == 0 or v.dtype.kind not in "iu":
+        return None
+    lo, hi = int(v.min()), int(v.max())
+    if hi - lo + 1 > HISTOGRAM_MAX_BINS:
+        return None
+    counts = native.histogram_int32(v, lo, hi - lo + 1) if v.dtype == np.int32 else None
+    if counts is None:
+        counts = np.bincount((v.astype(np.int64) - lo), minlength=hi - lo + 1)
+    return lo, counts
+
+
 def entropy_bits(values: np.ndarray) -> float:
     """Shannon entropy of the value histogram, in bits per element."""
     v = np.asarray(values).reshape(-1)
     if v.size == 0:
         return 0.0
-    _, counts = np.unique(v, return_counts=True)
+    hist = integer_histogram(v)
+    counts = hist[1][hist[1] > 0] if hist is not None else np.unique(v, return_counts=True)[1]
     p = counts / v.size
     return float(-(p * np.log2(p)).sum())
+
+
+def value_stats(values: np.ndarray) -> tuple[int, float]:
+    """(distinct values, entropy in bits per value) of a tensor: by histogram for integers."""
+    hist = integer_histogram(values)
+    unique = int(np.count_nonzero(hist[1])) if hist is not None else int(np.unique(values).size)
+    return unique, entropy_bits(values)
 
 
 def coded_bits_estimate(values: np.ndarray) -> float:

@@ -9,11 +9,13 @@ with external data beside the file.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -27,7 +29,8 @@ PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # leave room for the graph itself under the 2 GB limit
 
 
-def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
+def load_proto(path: str | os.PathLike, external_data: bool = True) -> onnx.ModelProto:
+    """The file as a ModelProto, its external data read in (``external_data``) or left referenced."""
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"{p}: no such file")
@@ -39,20 +42,112 @@ def load_proto(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelLoadError(f"{p}: not a valid ONNX file (truncated or not ONNX: {type(exc).__name__})") from None
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise ModelLoadError(f"{p}: not a valid ONNX model (no graph or IR version)")
-    try:
-        onnx.load_external_data_for_model(proto, str(p.parent))
-    except Exception as exc:
-        raise ModelLoadError(f"{p}: cannot read its external data ({exc})") from None
+    if external_data:
+        _load_external_data(proto, p)
     return proto
+
+
+def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot read its external data ({exc})") from None
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
     """Load a model (and its external data, into memory) as onnx-ir."""
-    proto = load_proto(path)
+    proto = load_proto(path, external_data=False)
+    weights = _read_external_weights(proto, Path(path))
+    _load_external_data(proto, Path(path))  # what is left: subgraph tensors, types numpy lacks
     try:
-        return ir.serde.deserialize_model(proto)
+        model = ir.serde.deserialize_model(proto)
     except Exception as exc:
         raise ModelLoadError(f"{path}: ONNX file could not be read into the IR ({exc})") from None
+    for name, array in weights.items():
+        if (value := model.graph.initializers.get(name)) is not None:
+            value.const_value = ir.Tensor(array, dtype=value.const_value.dtype, name=name)
+    _own_weight_bytes(proto, model)
+    return model
+
+
+def _read_external_weights(proto: onnx.ModelProto, path: Path) -> dict[str, np.ndarray]:
+    """The main graph's external-data initializers of plain numpy types, as read-only views of
+    their files mapped into memory (``MappedWeights``: nothing is read until used, and pages used
+    can be handed back, see ``release_pages``); their protos are left empty."""
+    from onnx.external_data_helper import ExternalDataInfo, c_checker
+
+    arrays: dict[str, np.ndarray] = {}
+    files: dict[str, mmap.mmap] = {}
+    for t in proto.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL or t.data_type not in DIRECT_TYPES:
+            continue
+        info = ExternalDataInfo(t)
+        try:
+            location = c_checker._resolve_external_data_location(str(path.parent), info.location, t.name)
+            size = os.path.getsize(location)
+        except Exception as exc:  # a path outside the model's folder, a missing file
+            raise ModelLoadError(f"{path}: cannot read the external data of tensor {t.name!r} ({exc})") from None
+        dtype = np.dtype(DIRECT_TYPES[t.data_type]).newbyteorder("<")
+        count = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        nbytes, offset = count * dtype.itemsize, int(info.offset or 0)
+        if (info.length and info.length != nbytes) or offset + nbytes > size:
+            raise ModelLoadError(f"{path}: tensor {t.name!r} needs {nbytes} bytes of external data at offset "
+                                 f"{offset} of {info.location} ({size} bytes; length {info.length or 'unset'})")
+        if count == 0:
+            arrays[t.name] = np.zeros(tuple(t.dims), dtype)
+        else:
+            if location not in files:
+                with open(location, "rb") as f:
+                    files[location] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            arrays[t.name] = np.frombuffer(files[location], dtype=dtype, count=count, offset=offset).reshape(tuple(t.dims))
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+    return arrays
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Hand the resident pages of a weight mapped from its external-data file back to the OS
+    (MADV_DONTNEED): they stop counting in this process's memory and are read again from the
+    page cache when next touched. A no-op for arrays held in memory.
+
+    A compress touches each weight a few times (its scale, the candidate steps, the final
+    latents), never all at once, so with this its peak holds the weights' candidates but not
+    the weights themselves as well (issue 13: compress within 1.5x of the float weights)."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    mapped = base.obj if isinstance(base, memoryview) else None
+    if not isinstance(mapped, mmap.mmap) or mapped.closed or array.nbytes == 0:
+        return
+    start_of_map = np.frombuffer(mapped, np.uint8, count=1).ctypes.data
+    start = array.ctypes.data - start_of_map
+    first = start - start % mmap.PAGESIZE
+    end = min(start + array.nbytes, len(mapped))
+    # whole pages only: a page shared with a neighbour is dropped too, which costs it a re-read
+    mapped.madvise(mmap.MADV_DONTNEED, first, end - first)
+
+
+# TensorProto data types read from external data straight into numpy.
+DIRECT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+                onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8,
+                onnx.TensorProto.INT16: np.int16, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT64: np.int64}
+
+
+def _own_weight_bytes(proto: onnx.ModelProto, model: ir.Model) -> None:
+    """Give every main-graph initializer held as raw bytes its own array, tensor by tensor,
+    dropping the proto's copy as it goes: the IR's proto-backed tensors copy their bytes out of
+    protobuf on *every* ``numpy()`` (six times per weight in a compress, seconds at 250M
+    parameters), and holding both would double the model in memory."""
+    for t in proto.graph.initializer:
+        value = model.graph.initializers.get(t.name)
+        if value is None or not t.HasField("raw_data") or t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        tensor = value.const_value
+        if not isinstance(tensor, ir.serde.TensorProtoTensor) or tensor.dtype.bitwidth < 8:
+            continue
+        array = tensor.numpy()  # one copy of the bytes, owned by the array
+        value.const_value = ir.Tensor(array, dtype=tensor.dtype, name=t.name, doc_string=tensor.doc_string or None)
+        t.ClearField("raw_data")
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:

@@ -8,12 +8,14 @@ weight's name) so its row counts exactly the bytes that rebuild it.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.coding import entropy_bits
+from onnxcomp.coding import value_stats
 from onnxcomp.runtime import format as fmt
 from onnxcomp.runtime.ops import decode_node
 from onnxcomp.inspection import format_table  # plain-text tables, import-light
@@ -71,8 +73,13 @@ def _decode_node(node: ir.Node) -> np.ndarray:
     return decode_node(node.domain, node.op_type, arrays, attrs, where)
 
 
+def _stats_from(values) -> tuple[int, float]:
+    return values if isinstance(values, tuple) else value_stats(values)
+
+
 def tensor_rows(original: dict[str, tuple[int, ...]], model: ir.Model, notes: dict[str, dict]) -> list[dict[str, Any]]:
-    """One row per original float weight, as it is stored in ``model``."""
+    """One row per original float weight, as it is stored in ``model`` (coded tensors decoded from
+    the graph itself, on every core: the figures describe the file, not what pack meant to write)."""
     values: dict[str, ir.Value] = {}
     for node in model.graph:
         for out in node.outputs:
@@ -81,7 +88,7 @@ def tensor_rows(original: dict[str, tuple[int, ...]], model: ir.Model, notes: di
     for name, v in model.graph.initializers.items():
         if name in original:
             values[name] = v
-    rows = []
+    rows, stats_of = [], []  # stats_of[i]: what row i's value statistics are computed from
     for name, shape in original.items():
         params = int(np.prod(shape)) if shape else 1
         v = values.get(name)
@@ -91,8 +98,7 @@ def tensor_rows(original: dict[str, tuple[int, ...]], model: ir.Model, notes: di
         if v.is_initializer():
             arr = v.const_value.numpy()
             row.update(codec=str(arr.dtype), bytes=int(arr.nbytes))
-            ints = None
-            values_for_stats = arr
+            source = (lambda arr=arr: arr)
         else:
             cone = _constant_cone(v)
             if cone is None:
@@ -100,18 +106,31 @@ def tensor_rows(original: dict[str, tuple[int, ...]], model: ir.Model, notes: di
             inits, nodes = cone
             row["bytes"] = int(sum(i.const_value.nbytes for i in inits))
             coded = [n for n in nodes if n.domain == fmt.DOMAIN]
-            if coded:
-                ints = np.concatenate([_decode_node(n).reshape(-1) for n in coded])
+            latent_notes = notes.get(notes.get(name, {}).get("latent", ""), {})
+            if coded and "unique_values" in latent_notes and len(coded) == latent_notes.get("streams") and \
+                    all(n.op_type == fmt.ENTROPY_DECODE for n in coded):
+                # pack's own figures of the latents it coded (and checked to decode): no decode
+                source = (lambda n=latent_notes: (n["unique_values"], n["value_entropy_bits"]))
+                row["codec"] = "ans"
+            elif coded:
+                source = (lambda coded=coded: np.concatenate([_decode_node(n).reshape(-1) for n in coded]))
                 exact = any(n.op_type == fmt.BYTE_PLANE_DECODE for n in coded)
                 row["codec"] = "exact-float" if exact else "ans"
             else:
                 int_inits = [i for i in inits if i.const_value.dtype not in FLOAT_TYPES]
-                ints = np.concatenate([i.const_value.numpy().reshape(-1) for i in int_inits]) if int_inits else None
+                source = (lambda ii=int_inits: np.concatenate([i.const_value.numpy().reshape(-1) for i in ii])
+                          if ii else np.zeros(0))
                 row["codec"] = f"raw-{int_inits[0].const_value.dtype.name.lower()}" if int_inits else "float-graph"
-            values_for_stats = ints if ints is not None else np.zeros(0)
         row["bits_per_param"] = 8.0 * row["bytes"] / params if params else 0.0
-        row["unique_values"] = int(np.unique(values_for_stats).size)
-        row["entropy_bits"] = entropy_bits(values_for_stats)
+        rows.append(row)
+        stats_of.append(source)
+    # One tensor per thread at a time (the native decoder releases the GIL): only the statistics
+    # are kept, never every decoded tensor at once.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        stats = list(pool.map(lambda source: _stats_from(source()), stats_of))
+    for row, (unique, entropy) in zip(rows, stats):
+        name = row["name"]
+        row["unique_values"], row["entropy_bits"] = unique, entropy
         for key in ("bits", "rounding", "method", "prior", "decoder"):
             if key in notes.get(name, {}):
                 row[key] = notes[name][key]
@@ -120,7 +139,6 @@ def tensor_rows(original: dict[str, tuple[int, ...]], model: ir.Model, notes: di
         latent_notes = notes.get(notes.get(name, {}).get("latent", ""), {})
         if "ideal_bits" in latent_notes:
             row["ideal_bytes"] = latent_notes["ideal_bits"] / 8.0
-        rows.append(row)
     return rows
 
 

@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import (
-    DeduplicateHashedInitializersPass,
     LiftConstantsToInitializersPass,
     LiftSubgraphInitializersToMainGraphPass,
     RemoveInitializersFromInputsPass,
@@ -47,14 +46,50 @@ class NormalizePass(CompressionPass):
             LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1),
             LiftSubgraphInitializersToMainGraphPass(),
             RemoveInitializersFromInputsPass(),
-            DeduplicateHashedInitializersPass(),
         ):
             modified |= sub(model).modified
+        modified |= deduplicate_initializers(model) > 0
         if self.fix_versions:
             modified |= fix_versions(model)
         if self.fold_batchnorm:
             modified |= fold_batchnorms(model) > 0
         return ir.passes.PassResult(model, modified)
+
+
+FINGERPRINT_SAMPLES = 4096
+
+
+def deduplicate_initializers(model: ir.Model) -> int:
+    """Store identical initializers (same type, shape and bytes) once, in every graph: later ones
+    are replaced by the first. Returns how many were dropped.
+
+    Candidates are grouped by type, shape and a fingerprint of a few thousand evenly spaced
+    elements, and only a group's members are compared, byte for byte: hashing every weight's
+    bytes (onnx-ir's pass) costs 2 s per GB, and distinct weights almost always differ in the
+    sample already."""
+    dropped = 0
+    for graph in model.graphs():
+        kept: dict[tuple, list[ir.Value]] = {}
+        for value in tuple(graph.initializers.values()):
+            tensor = value.const_value
+            if tensor is None or value.is_graph_input() or value.is_graph_output() or tensor.dtype == ir.DataType.STRING:
+                continue
+            array = np.ascontiguousarray(tensor.numpy()).reshape(-1)
+            stride = max(1, array.size // FINGERPRINT_SAMPLES)
+            key = (tensor.dtype, tuple(tensor.shape.numpy()), array[::stride].tobytes())
+            group = kept.setdefault(key, [])
+            twin = next((v for v in group if np.array_equal(_bytes_of(v), array.view(np.uint8))), None)
+            if twin is None:
+                group.append(value)
+                continue
+            value.replace_all_uses_with(twin)
+            graph.initializers.pop(value.name)
+            dropped += 1
+    return dropped
+
+
+def _bytes_of(value: ir.Value) -> np.ndarray:
+    return np.ascontiguousarray(value.const_value.numpy()).reshape(-1).view(np.uint8)
 
 
 def fix_versions(model: ir.Model) -> bool:

@@ -13,12 +13,14 @@ Each coded tensor is decoded again right away and compared: pack never writes wh
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxcomp.coding import FLOAT_CODES, EncodedTensor, encode_floats, encode_tensor, narrowest_int_dtype
+from onnxcomp.coding import FLOAT_CODES, EncodedTensor, encode_floats, encode_tensor, narrowest_int_dtype, value_stats
 from onnxcomp.errors import PassError, PipelineError
 from onnxcomp.graph.edit import all_names, new_initializer, replace_initializer, unique_name
 from onnxcomp.graph.forms import training_form
@@ -77,6 +79,7 @@ class PackPass(CompressionPass):
         modified = False
         graph = model.graph
         taken = all_names(model)
+        coded = self._code_in_parallel(model)
         for name, value in list(graph.initializers.items()):
             tensor = value.const_value
             if tensor is None or value.is_graph_output() or value.is_graph_input() or not value.uses():
@@ -88,7 +91,7 @@ class PackPass(CompressionPass):
                 continue
             uses = list(value.uses())
             if all(is_quantized_use(u) for u in uses):
-                modified |= self._code_quantized(model, value, taken)
+                modified |= self._code_quantized(model, value, taken, coded.get(name))
                 continue
             if not all(is_data_use(u) for u in uses):
                 continue
@@ -98,8 +101,7 @@ class PackPass(CompressionPass):
             cast_only = all(u.node.op_type == "Cast" for u in uses)
             raw_dtype = narrowest_int_dtype(int(array.min()), int(array.max())) if array.size else np.dtype(np.int8)
             raw_bytes = array.size * raw_dtype.itemsize
-            parts = split_rows(array, self.stream_symbols)
-            encoded = [encode_tensor(p) for p in parts] if array.size >= self.min_elements else None
+            encoded, stats = coded.get(name, (None, None))
             coded_bytes = sum(e.payload_bytes for e in encoded) if encoded else 0
             if encoded is None or raw_bytes <= coded_bytes:
                 if raw_dtype != array.dtype:
@@ -112,7 +114,7 @@ class PackPass(CompressionPass):
                 stored = value.const_value.dtype.name.lower()
                 self.context.note(name, codec=f"raw-{stored}", coded_bytes=int(value.const_value.nbytes))
                 continue
-            self._write_ans(model, value, parts, encoded, taken)
+            self._write_ans(model, value, encoded, taken, stats)
             modified = True
         # The domain is declared only when a node of it exists (every tensor may have been
         # cheaper raw), at version 3: the file is sealed when it is written (FORMAT.md section 8,
@@ -121,33 +123,62 @@ class PackPass(CompressionPass):
             model.opset_imports[fmt.DOMAIN] = fmt.SEALED_DOMAIN_VERSION
         return ir.passes.PassResult(model, modified)
 
-    def _code_quantized(self, model: ir.Model, value: ir.Value, taken: set[str]) -> bool:
+    def _code_in_parallel(self, model: ir.Model) -> dict[str, tuple[list[EncodedTensor], tuple[int, float]]]:
+        """(the checked encodings of its row blocks, its values' ``value_stats``) of every integer
+        initializer pack may code, by name: the per-tensor work, on every core (the native decoder
+        that checks each stream releases the GIL, and so do the histograms); the graph is edited
+        afterwards, in order."""
+        jobs = []
+        for name, value in model.graph.initializers.items():
+            tensor = value.const_value
+            if tensor is None or tensor.dtype not in INT_TYPES or not tensor.shape.dims or \
+                    value.is_graph_output() or value.is_graph_input() or not value.uses():
+                continue
+            uses = list(value.uses())
+            if not (all(is_quantized_use(u) for u in uses) or all(is_data_use(u) for u in uses)):
+                continue
+            array = tensor.numpy()
+            if array.size < self.min_elements or int(array.min()) < -(2**31) or int(array.max()) >= 2**31:
+                continue
+            jobs.append((name, array))
+
+        def code(job):
+            name, array = job
+            parts = split_rows(array, self.stream_symbols)
+            encoded = [encode_tensor(p) for p in parts]
+            for part, enc in zip(parts, encoded):
+                self._check_round_trip(name, part, enc)
+            return name, (encoded, value_stats(array))
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            return dict(pool.map(code, jobs))
+
+    def _code_quantized(self, model: ir.Model, value: ir.Value, taken: set[str], coded) -> bool:
         """An already quantized graph's integer weight: ANS-coded when smaller, read through a
         Cast back to its own type (exact); else left as it is."""
         name, array = value.name, value.const_value.numpy()
-        if array.size < self.min_elements or int(array.min()) < -(2**31) or int(array.max()) >= 2**31:
+        if coded is None:  # too small, or outside EntropyDecode's int32 output
             return False
-        parts = split_rows(array, self.stream_symbols)
-        encoded = [encode_tensor(p) for p in parts]
+        encoded, stats = coded
         coded_bytes = sum(e.payload_bytes for e in encoded)
         if coded_bytes >= array.nbytes:
             self.context.note(name, codec=f"raw-{value.const_value.dtype.name.lower()}", coded_bytes=int(array.nbytes))
             return False
-        self._write_ans(model, value, parts, encoded, taken, cast_back=value.const_value.dtype, method="exact")
+        self._write_ans(model, value, encoded, taken, stats, cast_back=value.const_value.dtype, method="exact")
         return True
 
-    def _write_ans(self, model: ir.Model, value: ir.Value, parts: list[np.ndarray], encoded: list[EncodedTensor],
-                   taken: set[str], cast_back: ir.DataType | None = None, **facts) -> None:
-        """Check every stream decodes to its part, put the EntropyDecode node(s) in place of
-        ``value`` and note the figures the report reads."""
+    def _write_ans(self, model: ir.Model, value: ir.Value, encoded: list[EncodedTensor], taken: set[str],
+                   stats: tuple[int, float], cast_back: ir.DataType | None = None, **facts) -> None:
+        """Put the EntropyDecode node(s) (each stream checked to decode to its part) in place of
+        ``value`` and note the figures the report reads (``stats``: the values' distinct count
+        and entropy per value, as ``onnxcomp.coding.value_stats`` gives them)."""
         name = value.name
-        for part, enc in zip(parts, encoded):
-            self._check_round_trip(name, part, enc)
         self._replace(model, value, encoded, taken, cast_back=cast_back)
         self.context.note(name, codec="ans", streams=len(encoded), coded_bytes=sum(e.payload_bytes for e in encoded),
                           bitstream_bytes=sum(e.bitstream.nbytes for e in encoded),
                           ideal_bits=sum(e.ideal_bits for e in encoded),
-                          entropy_bits=sum(e.empirical_entropy_bits for e in encoded), **facts)
+                          entropy_bits=sum(e.empirical_entropy_bits for e in encoded),
+                          unique_values=stats[0], value_entropy_bits=stats[1], **facts)
 
     def _code_floats(self, model: ir.Model, value: ir.Value, taken: set[str]) -> bool:
         """A float tensor coded exactly (BytePlaneDecode) when that is smaller than storing it."""

@@ -40,7 +40,7 @@ from .integrity import MAX_DECODED_BYTES_ENV
 LIBRARY_ENV = "ONNXCOMP_NATIVE_LIBRARY"
 BUDGET_ENV = MAX_DECODED_BYTES_ENV  # the decode budget's variable, which the kernels read too
 DISABLE_ENV = "ONNXCOMP_NATIVE"  # "0": decode at load uses the Python decoders
-ABI_VERSION = 2  # of the C entry points (runtime/csrc/exports.cc: onnxcomp_native_abi_version)
+ABI_VERSION = 3  # of the C entry points (runtime/csrc/exports.cc: onnxcomp_native_abi_version)
 _NAME = {"win32": "libonnxcomp_ops.dll", "darwin": "libonnxcomp_ops.dylib"}.get(sys.platform, "libonnxcomp_ops.so")
 _ERROR_SIZE = 1024
 ERROR_PREFIX = "onnxcomp: "  # how the library's kernels start a refusal (runtime/csrc/ops.cc)
@@ -100,6 +100,10 @@ def _load(path: str) -> ctypes.CDLL:
     lib.onnxcomp_native_kernel_decodes.restype = ctypes.c_uint64
     lib.onnxcomp_entropy_decode_batch.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.onnxcomp_entropy_decode_batch.restype = ctypes.c_uint64
+    lib.onnxcomp_quantize_nearest.argtypes = [p, u64, p, u64, u64, p, p, p]
+    lib.onnxcomp_quantize_nearest.restype = None
+    lib.onnxcomp_histogram_int32.argtypes = [p, u64, i32, u64, p]
+    lib.onnxcomp_histogram_int32.restype = None
     return lib
 
 
@@ -203,3 +207,36 @@ def byte_plane_decode_into(plan, flat: np.ndarray) -> None:
                                         len(plan.planes), plan.count, plan.crc32, flat.ctypes.data, err, _ERROR_SIZE)
     if rc:
         raise FormatError(f"{plan.where}: {err.value.decode(errors='replace')}")
+
+
+# ---- compress-side kernels (runtime/csrc/quantize.cc): the compressor's per-tensor arithmetic ----
+
+def quantize_nearest(w: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int] | None:
+    """(k int32, k * step float32, k.min(), k.max()) of float32 ``w`` on ``step``'s grid (plain
+    rounding), bit for bit what ``passes.quantize.step_rule.quantize_array`` computes; None when
+    the library is missing or the step's layout is not one the kernel tiles (the caller uses numpy)."""
+    lib = library()
+    if lib is None or w.dtype != np.float32 or step.dtype != np.float32:
+        return None
+    stride = step_layout(step, w.shape)
+    if stride is None:
+        return None
+    flat = np.ascontiguousarray(w).reshape(-1)
+    steps = np.ascontiguousarray(step).reshape(-1)
+    k = np.empty(w.shape, np.int32)
+    deq = np.empty(w.shape, np.float32)
+    lo_hi = np.zeros(2, np.int32)
+    lib.onnxcomp_quantize_nearest(flat.ctypes.data, flat.size, steps.ctypes.data, steps.size, stride,
+                                  k.ctypes.data, deq.ctypes.data, lo_hi.ctypes.data)
+    return k, deq, int(lo_hi[0]), int(lo_hi[1])
+
+
+def histogram_int32(values: np.ndarray, lo: int, bins: int) -> np.ndarray | None:
+    """counts[b] = how many ``values`` (int32) equal lo + b, b < bins; None without the library."""
+    lib = library()
+    if lib is None or values.dtype != np.int32:
+        return None
+    flat = np.ascontiguousarray(values).reshape(-1)
+    counts = np.empty(bins, np.uint64)
+    lib.onnxcomp_histogram_int32(flat.ctypes.data, flat.size, lo, bins, counts.ctypes.data)
+    return counts.astype(np.int64)

@@ -77,3 +77,47 @@ def test_decompress_refuses_an_initializer_whose_bytes_do_not_fill_its_dims(tmp_
     with pytest.raises(ModelLoadError, match="cannot be read"):
         dec.decompress(packed, out)
     assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+def test_external_weights_are_read_exactly_and_bad_extents_name_the_tensor(tmp_path):
+    import pytest
+
+    from onnxcomp.errors import ModelLoadError
+
+    src = tmp_path / "mlp.onnx"
+    onnx.save(tiny_mlp(), src, save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    model = model_io.load_model(src)
+    for t in tiny_mlp().graph.initializer:
+        np.testing.assert_array_equal(model.graph.initializers[t.name].const_value.numpy(), onnx.numpy_helper.to_array(t))
+    # a length that is not the tensor's bytes, and an extent past the end of the file
+    for key, value, what in (("length", "12", "needs"), ("offset", str(10**9), "needs")):
+        proto = onnx.load(src, load_external_data=False)
+        entry = next(e for e in proto.graph.initializer[0].external_data if e.key == key) if any(
+            e.key == key for e in proto.graph.initializer[0].external_data) else proto.graph.initializer[0].external_data.add()
+        entry.key, entry.value = key, value
+        bad = tmp_path / f"bad-{key}.onnx"
+        bad.write_bytes(proto.SerializeToString())
+        with pytest.raises(ModelLoadError, match=f"{what}.*{proto.graph.initializer[0].name}|{proto.graph.initializer[0].name}.*{what}"):
+            model_io.load_model(bad)
+    # a location outside the model's folder
+    proto = onnx.load(src, load_external_data=False)
+    next(e for e in proto.graph.initializer[0].external_data if e.key == "location").value = "../w.bin"
+    bad = tmp_path / "escape.onnx"
+    bad.write_bytes(proto.SerializeToString())
+    with pytest.raises(ModelLoadError, match=proto.graph.initializer[0].name):
+        model_io.load_model(bad)
+
+
+def test_weights_mapped_from_their_file_read_the_same_after_their_pages_are_handed_back(tmp_path):
+    from onnxcomp.model_io import release_pages
+
+    src = tmp_path / "mlp.onnx"
+    onnx.save(tiny_mlp(), src, save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    model = model_io.load_model(src)
+    for t in tiny_mlp().graph.initializer:
+        array = model.graph.initializers[t.name].const_value.numpy()
+        want = onnx.numpy_helper.to_array(t)
+        assert not array.flags.writeable  # a view of the file, never written through
+        release_pages(array)
+        np.testing.assert_array_equal(array, want)  # faulted back in from the file
+    release_pages(np.ones(1000, np.float32))  # in memory: nothing to hand back, no error

@@ -45,10 +45,12 @@ import onnx_ir as ir
 
 from onnxcomp.data import Split
 from onnxcomp.graph.weights import Weight
+from onnxcomp.model_io import release_pages
 from onnxcomp.passes.quantize.step_rule import quantize_array, step_for
-from onnxcomp.passes.quantize.allocation import allocatable, allocated_bits, sensitivities, unseen_in
+from onnxcomp.passes.quantize.allocation import (RefinementModel, allocatable, allocated_bits, sensitivities,
+                                                 unseen_in)
 from onnxcomp.passes.quantize.step_search import (BITS_HIGH, Candidates, WeightSwapEvaluator, coarsest_bits, finish_search,
-                                                  search_say, tensors_to_refine)
+                                                  search_say)
 
 PROBE_SAMPLES = 8
 SYMBOLIC_DIM = 32  # a probe's size for a symbolic non-batch dimension (sequence length)
@@ -159,7 +161,10 @@ def int8_like(w: Weight) -> np.ndarray:
     """``w`` as int8 quantizers store it (symmetric, 127 levels, one scale per output channel; per
     tensor where the weight has no channel axes), dequantized: the peak grid at 8 bits."""
     array = w.value.const_value.numpy()
-    return quantize_array(array, step_for(array, w.channel_axes, 8.0, "peak"))[1]
+    try:
+        return quantize_array(array, step_for(array, w.channel_axes, 8.0, "peak"))[1]
+    finally:
+        release_pages(array)
 
 
 def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context) -> dict[str, float] | None:
@@ -176,6 +181,8 @@ def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context
         evaluator = WeightSwapEvaluator(model, [w.name for w in weights], inputs)
         originals = {w.name: w.value.const_value.numpy() for w in weights}
         reference = evaluator.batched_outputs(originals)
+        for array in originals.values():
+            release_pages(array)  # read again by each quantization, one tensor at a time
     except Exception as exc:  # noqa: BLE001 - onnxruntime rejects some random inputs; fall back
         context.warn(f"quantize{{target=int8}}: the model does not run on {what} ({str(exc).splitlines()[0][:160]}); "
                      "using the step rule")
@@ -199,20 +206,19 @@ def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context
         say(f"per-tensor bits not tried: integer inputs {', '.join(symbolic)} (ids, masks, bytes)")
         per_tensor = False
     on_probes = what == "probe inputs"
-    # Each measured tensor costs an evaluation: all of allocation's when it runs on these inputs,
-    # else only the ones the uniform search's refinement may coarsen (never those the inputs do
-    # not reach).
+    # Each measured tensor costs an evaluation: allocation's when it runs on these inputs. The
+    # uniform search's refinement measures the rest by its own trials (RefinementModel: a trial
+    # that moves nothing marks its tensor unseen), so measuring them first would only double
+    # its evaluations; where they are measured, it skips the trials they predict to fail.
     candidates = Candidates(weights, qpass)
-    allocated_names = {w.name for w in allocatable(weights)} if per_tensor and on_probes else set()
-    measured = [w for w in weights if w.name in allocated_names]
-    measured += [w for w in tensors_to_refine(weights) if w.name not in allocated_names]
+    measured = allocatable(weights) if per_tensor and on_probes else []
     changes = sensitivities(measured, candidates, originals, change)
     bits, final, size = coarsest_bits(weights, qpass, change, budget, say, "output change", high, candidates,
-                                      unseen_in(changes))
+                                      unseen_in(changes), from_top=high == 8.0, refinement=RefinementModel(changes))
     say(f"uniform: about {size / 8:,.0f} bytes of latents")
     method = "uniform"
     if per_tensor and on_probes:
-        allocated = allocated_bits(weights, candidates, {n: c for n, c in changes.items() if n in allocated_names},
+        allocated = allocated_bits(weights, candidates, changes,
                                    change, budget, bits, say)
         if allocated is not None:
             say(f"per-tensor: about {allocated[2] / 8:,.0f} bytes of latents")

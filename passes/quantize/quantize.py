@@ -36,16 +36,21 @@ validation split, the coarsest steps whose task error stays within D of the orig
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxcomp.coding import narrowest_int_dtype
 from onnxcomp.errors import NothingToCompressError, PipelineError
 from onnxcomp.graph.edit import all_names, new_initializer, replace_initializer, unique_name
 from onnxcomp.graph.weights import Weight, already_int8, find_weights, quantized_weights
+from onnxcomp.model_io import release_pages
 from onnxcomp.pass_base import CompressionPass, register_pass
-from onnxcomp.passes.quantize.step_rule import RD_SLOPE, decode_dtype, dequantize, quantize_array, step_for
+from onnxcomp.passes.quantize.step_rule import (RD_SLOPE, channel_scale, decode_dtype, dequantize, quantize_array,
+                                               step_from_scale)
 
 
 # The rule's step per grid (target=rule, and target=int8 where the model cannot be run on probe
@@ -74,6 +79,7 @@ class QuantizePass(CompressionPass):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._stats: dict = {}  # weight name -> (LayerView, H) measured on the train split
+        self._scales: dict[tuple, np.ndarray] = {}  # (weight, its tensor) -> channel_scale (QuantizePass.scale)
 
     def validate_options(self) -> None:
         if self.grid not in ("rms", "peak"):
@@ -135,10 +141,11 @@ class QuantizePass(CompressionPass):
 
             bits = search_bits_on_probes(model, weights, self, self.context) or bits
         taken = all_names(model)
-        for w in weights:
-            k, step, _ = self.quantize(w, bits[w.name])
-            latent = replace_with_latents(model, w, k, step, taken)
-            self.context.note(w.name, bits=bits[w.name], rounding=self.rounding(w), latent=latent)
+        # The per-tensor unit (quantize), on every core; the graph edits stay in order.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for w, (k, step) in zip(weights, pool.map(lambda w: self.quantize(w, bits[w.name])[:2], weights)):
+                latent = replace_with_latents(model, w, k, step, taken)
+                self.context.note(w.name, bits=bits[w.name], rounding=self.rounding(w), latent=latent)
         return ir.passes.PassResult(model, True)
 
     def collect_statistics(self, model: ir.Model, weights: list[Weight]) -> None:
@@ -154,12 +161,19 @@ class QuantizePass(CompressionPass):
             self._stats = input_covariances(model, weights, calibration)
 
     def quantize(self, w: Weight, bits: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(latents, step, dequantized weight) of ``w`` at ``bits``: what the graph will compute."""
+        """(latents, step, dequantized weight) of ``w`` at ``bits``: what the graph will compute.
+        A weight mapped from its file is handed back to the OS afterwards (``release_pages``)."""
+        try:
+            return self._quantize(w, bits)
+        finally:
+            release_pages(w.value.const_value.numpy())
+
+    def _quantize(self, w: Weight, bits: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from onnxcomp.passes.quantize.gptq import gptq_round
         from onnxcomp.passes.quantize.layer_stats import importance_from
 
         array = w.value.const_value.numpy()
-        step = step_for(array, w.channel_axes if self.per_channel else (), bits, self.grid)
+        step = step_from_scale(self.scale(w), bits, self.grid)
         stats = self._stats.get(w.name)
         how = self.rounding(w)
         if how == "gptq":
@@ -170,6 +184,16 @@ class QuantizePass(CompressionPass):
         importance = importance_from(*stats, array.shape) if how == "rdo-weighted" else 1.0
         k, deq = quantize_array(array, step, importance, self.rdo_strength * RD_SLOPE)
         return k, step, deq
+
+    def scale(self, w: Weight) -> np.ndarray:
+        """``w``'s ``channel_scale`` (peaks or rms per channel), measured once per weight: searches
+        quantize the same tensor at many bits."""
+        key = (w.name, id(w.value.const_value))  # the tensor itself: a pass may swap a weight's value
+        scale = self._scales.get(key)
+        if scale is None:
+            axes = w.channel_axes if self.per_channel else ()
+            scale = self._scales[key] = channel_scale(w.value.const_value.numpy(), axes, self.grid)
+        return scale
 
     def rounding(self, w: Weight) -> str:
         """How ``w`` is rounded: gptq, rdo-weighted (by input importance), rdo, or nearest."""
@@ -194,6 +218,10 @@ def replace_with_latents(model: ir.Model, w: Weight, k: np.ndarray, step: np.nda
     graph = model.graph
     array = w.value.const_value.numpy()
     name = w.name
+    # Held in the narrowest integer type until pack codes them (int8 at int8's grid): a
+    # quarter of the weight's bytes instead of all of them while the model is in memory.
+    if k.size:
+        k = k.astype(narrowest_int_dtype(int(k.min()), int(k.max())), copy=False)
     latent = new_initializer(graph, unique_name(model, f"{name}.latent", taken), k)
     dtype = w.value.const_value.dtype
     # bfloat16 has no CPU Mul kernel: its weights decode in float32 and are cast at the end,

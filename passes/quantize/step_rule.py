@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from onnxcomp.runtime import native
+
 SQRT12 = math.sqrt(12.0)
 
 
@@ -22,7 +24,9 @@ def channel_rms(w: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
 def channel_peak(w: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """max |w| over all axes but ``axes`` (kept as size-1 dims); a scalar if none."""
     reduce = tuple(i for i in range(w.ndim) if i not in axes)
-    return np.max(np.abs(w.astype(np.float64)), axis=reduce, keepdims=bool(axes)) if w.size else np.float64(0.0)
+    # abs and max are exact in the weight's own type: widen the peaks only, not a copy of w.
+    exact = w if w.dtype in (np.float16, np.float32, np.float64) else w.astype(np.float64)
+    return np.max(np.abs(exact), axis=reduce, keepdims=bool(axes)).astype(np.float64) if w.size else np.float64(0.0)
 
 
 INT8_LEVELS = 127  # symmetric int8, as onnxruntime's quantizers store weights
@@ -35,10 +39,21 @@ def step_for(w: np.ndarray, axes: tuple[int, ...], bits: float, grid: str = "rms
     grid ``peak``: step = peak / 127 * 2**(8 - bits), so ``bits`` 8 is exactly the grid of
     symmetric int8 weights (what onnxruntime's int8 stores) and each bit less doubles the step.
     """
+    return step_from_scale(channel_scale(w, axes, grid), bits, grid)
+
+
+def channel_scale(w: np.ndarray, axes: tuple[int, ...], grid: str) -> np.ndarray:
+    """What a grid's steps are proportional to: each channel's peak or rms (``step_from_scale``).
+    It does not depend on ``bits``, so a search over bits measures it once per tensor."""
+    return channel_peak(w, axes) if grid == "peak" else channel_rms(w, axes)
+
+
+def step_from_scale(scale: np.ndarray, bits: float, grid: str) -> np.ndarray:
+    """``step_for`` from the tensor's ``channel_scale``."""
     if grid == "peak":
-        step = channel_peak(w, axes) / INT8_LEVELS * 2.0 ** (8.0 - bits)
+        step = scale / INT8_LEVELS * 2.0 ** (8.0 - bits)
     else:
-        step = channel_rms(w, axes) * SQRT12 * 2.0 ** (-bits)
+        step = scale * SQRT12 * 2.0 ** (-bits)
     # An all-zero channel quantizes to zeros under any step; 1.0 keeps the decode exact.
     step = np.where(step > 0, step, 1.0)
     return np.asarray(step, dtype=np.float32)
@@ -93,6 +108,8 @@ def decode_dtype(dtype: np.dtype) -> np.dtype:
 def quantize_array(w: np.ndarray, step: np.ndarray, importance: np.ndarray | float = 1.0,
                    lam: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(latents int32, dequantized in w's dtype) exactly as the decode subgraph computes it."""
+    if lam <= 0 and (fast := native.quantize_nearest(w, step)) is not None:
+        return fast[0], fast[1]  # plain rounding of float32, in the native library: same bits
     k = rd_round(w.astype(np.float64) / step.astype(np.float64), importance, lam)
     limit = 2**31 - 1
     k = np.clip(k, -limit, limit).astype(np.int32)

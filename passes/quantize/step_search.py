@@ -19,9 +19,11 @@ new steps costs one forward pass over the split, not a session build.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,7 +186,11 @@ class Candidates:
         self._sizes: dict[tuple[str, float], float] = {}
         self._arrays: OrderedDict[tuple[str, float], np.ndarray] = OrderedDict()
         self._bytes = 0
-        self._budget = max(64 << 20, int(self.CACHE_WEIGHT_COPIES * sum(w.value.const_value.nbytes for w in weights)))
+        # One copy plus the largest tensor: a refinement trial feeds one copy with one tensor
+        # changed, and a cache of exactly one copy would evict, in feed order, each tensor the
+        # same feed is about to read (every trial recomputing the rest of the model).
+        nbytes = [w.value.const_value.nbytes for w in weights]
+        self._budget = max(64 << 20, int(self.CACHE_WEIGHT_COPIES * sum(nbytes)) + max(nbytes, default=0))
 
     def get(self, w: Weight, b: float) -> tuple[np.ndarray, float]:
         """(dequantized weight, its latents' coded size estimate in bits, table included)."""
@@ -193,19 +199,39 @@ class Candidates:
         if deq is not None:
             self._arrays.move_to_end(key)
             return deq, self._sizes[key]
+        deq, size = self._quantized(w, b)
+        self._store(key, deq, size)
+        return deq, size
+
+    def _quantized(self, w: Weight, b: float) -> tuple[np.ndarray, float]:
         k, _, deq = self.qpass.quantize(w, b)
-        if key not in self._sizes:
-            self._sizes[key] = coded_bits_estimate(k)
-        del k
+        size = self._sizes.get((w.name, b))
+        return deq, coded_bits_estimate(k) if size is None else size
+
+    def _store(self, key: tuple[str, float], deq: np.ndarray, size: float) -> None:
+        self._sizes[key] = size
         self._arrays[key] = deq
         self._bytes += deq.nbytes
         while self._bytes > self._budget and len(self._arrays) > 1:
             _, old = self._arrays.popitem(last=False)
             self._bytes -= old.nbytes
-        return deq, self._sizes[key]
 
     def feed(self, bits: dict[str, float]) -> dict[str, np.ndarray]:
-        return {w.name: self.get(w, bits[w.name])[0] for w in self.weights}
+        """Every weight at its ``bits``: the cached ones as they are, the others quantized on every
+        core (the quantizer's native kernel and numpy release the GIL)."""
+        fed, missing = {}, []
+        for w in self.weights:
+            key = (w.name, bits[w.name])
+            if key in self._arrays:
+                self._arrays.move_to_end(key)  # in use: evicted last while the rest is stored
+                fed[w.name] = self._arrays[key]
+            else:
+                missing.append(w)
+        with ThreadPoolExecutor(max_workers=min(len(missing), os.cpu_count() or 1) or 1) as pool:
+            for w, (deq, size) in zip(missing, pool.map(lambda w: self._quantized(w, bits[w.name]), missing)):
+                self._store((w.name, bits[w.name]), deq, size)
+                fed[w.name] = deq
+        return {w.name: fed[w.name] for w in self.weights}
 
     def size(self, bits: dict[str, float]) -> float:
         return sum(self._sizes[(w.name, bits[w.name])] if (w.name, bits[w.name]) in self._sizes
@@ -218,12 +244,20 @@ class Candidates:
 
 def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what: str,
                   high: float = BITS_HIGH, candidates: Candidates | None = None,
-                  unseen: set[str] = frozenset()) -> tuple[dict[str, float], float, float]:
+                  unseen: set[str] = frozenset(), *, from_top: bool = False,
+                  refinement=None) -> tuple[dict[str, float], float, float]:
     """The two phases of the module doc: a global ``bits`` by bisection in [BITS_LOW, ``high``],
     then per-tensor coarsening of the largest tensors but the ``unseen`` ones (rounding them
     changes nothing on these inputs, so coarsening would look free: an If branch the inputs do
     not take), keeping ``error(weights by name) <= budget``. Returns the bits per weight, the
-    final error and the latents' estimated coded size in bits (``coded_bits_estimate``, summed)."""
+    final error and the latents' estimated coded size in bits (``coded_bits_estimate``, summed).
+
+    ``from_top``: the answer is expected at or just below ``high`` (the peak grid's int8 anchor,
+    where any coarser uniform step moves the outputs more than int8): the search first walks down
+    from ``high`` in doubling steps, one evaluation instead of log2(range / tolerance) when
+    ``high`` is the answer. ``refinement`` (``allocation.RefinementModel``, when ``error`` is a
+    relative output change): refinements it predicts over the budget are not evaluated, and a
+    trial that leaves the change where it was marks its tensor unseen (the trial measured it)."""
     c = candidates or Candidates(weights, qpass)
     lo, hi = BITS_LOW, high
     top = error(c.feed(c.uniform(hi)))
@@ -231,31 +265,36 @@ def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what:
         say(f"even {hi} bits exceed the budget; using {hi}")
         bits = c.uniform(hi)
         return bits, top, c.size(bits)
+    current, stride = top, BITS_TOLERANCE
     while hi - lo > BITS_TOLERANCE:
-        mid = (lo + hi) / 2
+        mid = max(lo, hi - stride) if from_top else (lo + hi) / 2
         err = error(c.feed(c.uniform(mid)))
         say(f"bits={mid:.3f} {what} {err:.4%}")
         if err <= budget:
-            hi = mid
+            hi, current = mid, err
+            stride *= 2
         else:
-            lo = mid
+            lo, from_top = mid, False  # the answer is bracketed: bisect the rest
     bits = c.uniform(hi)
     refine = [w for w in tensors_to_refine(weights) if w.name not in unseen]
     say(f"global bits {hi:.3f}; refining the {len(refine)} largest tensors")
     for w in refine:
         while bits[w.name] - PER_TENSOR_STEP >= PER_TENSOR_FLOOR:
-            trial = dict(bits)
-            trial[w.name] = bits[w.name] - PER_TENSOR_STEP
+            old, new = bits[w.name], bits[w.name] - PER_TENSOR_STEP
             # Coarser is not always smaller: error-compensating rounding at very coarse steps can
             # spread more nonzero latents than it saves. Only a smaller tensor is worth a try.
-            if c.get(w, trial[w.name])[1] >= c.get(w, bits[w.name])[1]:
+            if c.get(w, new)[1] >= c.get(w, old)[1]:
                 break
+            if refinement is not None and (guess := refinement.predicted(w.name, old, new, current)) is not None \
+                    and guess > budget:
+                break
+            trial = {**bits, w.name: new}
             err = error(c.feed(trial))
-            if err > budget:
+            if err > budget or (refinement is not None and refinement.unseen(w.name, old, new, current, err)):
                 break
-            bits = trial
+            bits, current = trial, err
         say(f"{w.name}: bits {bits[w.name]:.3f}")
-    return bits, error(c.feed(bits)), c.size(bits)
+    return bits, current, c.size(bits)
 
 
 def tensors_to_refine(weights: list[Weight]) -> list[Weight]:

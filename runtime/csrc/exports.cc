@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "decode.h"
+#include "quantize.h"
 
 #define ONNXCOMP_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -51,6 +52,17 @@ void store_scaled(void* context, const int32_t* values, uint64_t start, uint64_t
     for (uint64_t i = 0; i < n; ++i) out[i] = static_cast<float>(values[i]) * step;
     return;
   }
+  if (s.step_stride == 1) {  // a step per last-axis column: whole rows against the step vector
+    uint64_t column = start % s.step_count;
+    for (uint64_t i = 0; i < n;) {
+      const uint64_t run = s.step_count - column < n - i ? s.step_count - column : n - i;
+      const float* step = s.step + column;
+      for (uint64_t j = 0; j < run; ++j) out[i + j] = static_cast<float>(values[i + j]) * step[j];
+      i += run;
+      column = 0;
+    }
+    return;
+  }
   uint64_t within = start % s.step_stride, index = (start / s.step_stride) % s.step_count;
   for (uint64_t i = 0; i < n;) {
     const float step = s.step[index];
@@ -67,7 +79,7 @@ void store_scaled(void* context, const int32_t* values, uint64_t start, uint64_t
 }  // namespace
 
 // Version of this C interface (bumped when a signature below changes).
-ONNXCOMP_EXPORT int onnxcomp_native_abi_version() { return 2; }
+ONNXCOMP_EXPORT int onnxcomp_native_abi_version() { return 3; }
 
 // A batch of EntropyDecode streams (decode.h: entropy_decode_batch interleaves four at a time),
 // each written to `out` as `out_type`: 6 int32; 3 int8 or 5 int16 (the table's range offset ..
@@ -160,4 +172,17 @@ ONNXCOMP_EXPORT int onnxcomp_byte_plane_decode(const uint8_t* bitstream, uint64_
     message = "out of memory while decoding";
   }
   return fail(message, error, error_size);
+}
+
+// Nearest rounding of float32 weights onto a step grid (quantize.h: quantize_nearest), the
+// compressor's per-tensor unit; steps tile as in onnxcomp_entropy_decode_batch. Never fails.
+ONNXCOMP_EXPORT void onnxcomp_quantize_nearest(const float* w, uint64_t count, const float* step, uint64_t step_count,
+                                               uint64_t step_stride, int32_t* k, float* deq, int32_t* lo_hi) {
+  onnxcomp::quantize_nearest(w, count, step, step_count, step_stride, k, deq, lo_hi, lo_hi + 1);
+}
+
+// counts[b] = how many of the int32 `values` equal lo + b, b < bins.
+ONNXCOMP_EXPORT void onnxcomp_histogram_int32(const int32_t* values, uint64_t count, int32_t lo, uint64_t bins,
+                                              uint64_t* counts) {
+  onnxcomp::histogram(values, count, lo, bins, counts);
 }

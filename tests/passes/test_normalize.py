@@ -109,3 +109,23 @@ def test_batchnorm_folds_into_gemm():
     assert out.graph.output[0].name == "y"
     x = rng.random((4, 6)).astype(np.float32)
     np.testing.assert_allclose(run(out, {"x": x})[0], run(proto, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_tensors_that_agree_on_the_sampled_fingerprint_but_differ_elsewhere_are_both_kept():
+    from onnxcomp.passes.normalize import FINGERPRINT_SAMPLES
+
+    # Deduplication groups by a sample of evenly spaced elements, then compares every byte:
+    # b differs from a only between the sampled elements, c equals a exactly.
+    n = 8 * FINGERPRINT_SAMPLES
+    a = np.random.default_rng(0).standard_normal((n // 8, 8)).astype(np.float32)
+    b = a.copy()
+    b.reshape(-1)[3] += 1.0  # element 3 is not on the sample's stride
+    c = a.copy()
+    nodes = [helper.make_node("MatMul", ["x", name], [f"y{name}"]) for name in "abc"]
+    nodes.append(helper.make_node("Sum", ["ya", "yb", "yc"], ["y"]))
+    proto = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n // 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], {"a": a, "b": b, "c": c})
+    out = normalized(proto)
+    assert sorted(i.name for i in out.graph.initializer) == ["a", "b"]
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, n // 8)).astype(np.float32)}
+    np.testing.assert_array_equal(run(out, feeds)[0], run(proto, feeds)[0])

@@ -37,7 +37,8 @@ def test_decoded_weight_is_latent_times_step(mlp_input):
     out, _ = quantized(proto, bits=6, rdo=0.0)
     onnx.checker.check_model(out)
     k, step = init(out, "W1.latent"), init(out, "W1.step")
-    assert k.dtype == np.int32 and step.shape == (1, 48)  # Gemm B [K, N]: channels on axis 1
+    # latents are held in the narrowest integer type that holds them until pack codes them
+    assert k.dtype == np.int8 and step.shape == (1, 48)  # Gemm B [K, N]: channels on axis 1
     assert init(out, "W2.step").shape == (10, 1)  # transB=1: channels on axis 0
     w = init(proto, "W1")
     np.testing.assert_array_equal(k, np.rint(w.astype(np.float64) / step).astype(np.int32))
@@ -327,3 +328,76 @@ def test_the_feature_axis_is_the_short_one_of_axis_1_and_the_last():
     assert feature_axis((1, 3549, 6)) == 2        # YOLOX: [N, anchors, 4 + 1 + classes]
     assert feature_axis((1, 60, 18710)) == 1      # CTC: [N, T, classes], per time step
     assert feature_axis((8, 384)) == 1 and feature_axis((8,)) is None
+
+
+# ---- the native quantizer (runtime/csrc/quantize.cc) is numpy's arithmetic, bit for bit ----
+
+def _numpy_quantize(w: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_array's numpy path with plain rounding (what it computes without the library)."""
+    from onnxcomp.passes.quantize.step_rule import dequantize
+
+    k = np.clip(np.rint(w.astype(np.float64) / step.astype(np.float64)), -(2**31 - 1), 2**31 - 1)
+    with np.errstate(invalid="ignore"):
+        k = k.astype(np.int32)
+    return k, dequantize(k, step, w.dtype)
+
+
+@pytest.mark.parametrize("shape, axes", [((64, 300), (0,)), ((300, 64), (1,)), ((8, 4, 3, 3), (0,)),
+                                         ((1001,), ()), ((5, 7, 9), (1,)), ((3, 2, 5), (2,))])
+@pytest.mark.parametrize("bits", [8.0, 3.0, 0.5, 20.0])
+def test_the_native_quantizer_gives_numpys_latents_and_floats_exactly(shape, axes, bits):
+    from onnxcomp.runtime import native
+
+    if not native.available():
+        pytest.skip("native library not built")
+    rng = np.random.default_rng(len(shape) + int(bits))
+    w = rng.standard_normal(shape).astype(np.float32)
+    # ties (round half to even), values clipped at +-(2**31 - 1), NaN, infinities, signed zero
+    specials = np.float32([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 1e30, -1e30, np.nan, 0.0, -0.0, 3.5, 1e9, -1e9,
+                           np.inf, -np.inf, 1e-30, 7.0])
+    w.reshape(-1)[:specials.size] = specials
+    for step in (step_for(w, axes, bits, "peak"), np.full((1,) * w.ndim, 0.5, np.float32), np.float32(1.0)):
+        step = np.asarray(step, np.float32)
+        with np.errstate(all="ignore"):
+            want_k, want_deq = _numpy_quantize(w, step)
+            got = native.quantize_nearest(w, step)
+        assert got is not None
+        k, deq, lo, hi = got
+        np.testing.assert_array_equal(k, want_k)
+        assert deq.tobytes() == want_deq.tobytes()
+        assert (lo, hi) == (int(want_k.min()), int(want_k.max()))
+
+
+def test_layouts_the_kernel_does_not_tile_and_other_types_are_left_to_numpy():
+    from onnxcomp.runtime import native
+
+    w = np.ones((4, 6), np.float32)
+    assert native.quantize_nearest(w, np.ones((4, 6), np.float32)) is None  # a step per element
+    assert native.quantize_nearest(w.astype(np.float16), np.ones((4, 1), np.float32)) is None
+    # quantize_array gives the same answer either way
+    from onnxcomp.passes.quantize.step_rule import quantize_array
+
+    step = np.full((4, 6), 0.25, np.float32)
+    k, deq = quantize_array(w, step)
+    np.testing.assert_array_equal(k, np.full((4, 6), 4, np.int32))
+    np.testing.assert_array_equal(deq, w)
+
+
+def test_integer_histograms_count_what_sorting_counts():
+    from onnxcomp.coding import HISTOGRAM_MAX_BINS, entropy_bits, integer_histogram, value_stats
+
+    rng = np.random.default_rng(3)
+    for values in (rng.integers(-300, 300, 10_000).astype(np.int32), rng.integers(0, 9, 999).astype(np.int8),
+                   np.array([-(2**31), 2**31 - 1], np.int64), rng.integers(-5, 5, (7, 11)).astype(np.int64)):
+        uniq, counts = np.unique(values, return_counts=True)
+        p = counts / values.size
+        assert value_stats(values) == (uniq.size, pytest.approx(float(-(p * np.log2(p)).sum())))
+        assert entropy_bits(values) == pytest.approx(float(-(p * np.log2(p)).sum()))
+        hist = integer_histogram(values)
+        if int(values.max()) - int(values.min()) + 1 > HISTOGRAM_MAX_BINS:
+            assert hist is None  # too wide to count by bins: sorted instead
+        else:
+            lo, bins = hist
+            assert lo == values.min() and bins.sum() == values.size
+            np.testing.assert_array_equal(np.flatnonzero(bins) + lo, uniq)
+            np.testing.assert_array_equal(bins[bins > 0], counts)
