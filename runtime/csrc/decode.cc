@@ -34,6 +34,8 @@ const bool crc_ready = [] {
   return true;
 }();
 
+const uint8_t kZeroWord[4] = {0, 0, 0, 0};
+
 inline uint32_t load_word(const uint8_t* bytes, uint64_t index) {
   uint32_t w;
   std::memcpy(&w, bytes + 4 * index, 4);
@@ -278,7 +280,9 @@ void decode_lockstep(Lane* const* lanes, uint64_t n) {
     if (lane.table.bucket.empty()) lane.table.build_buckets();
     x[k] = lane.decoder.x;
     left[k] = lane.decoder.words;
-    bytes[k] = lane.decoder.bytes;
+    // The refill below reads a word whether it is taken or not (no branch to mispredict), so a
+    // stream with no words at all reads a zero word of our own instead.
+    bytes[k] = lane.item->stream.num_bytes >= 4 ? lane.decoder.bytes : kZeroWord;
     bucket[k] = lane.table.bucket.data();
     cdf[k] = lane.table.cdf.data();
     symbols[k] = lane.table.symbols.data();
@@ -292,7 +296,13 @@ void decode_lockstep(Lane* const* lanes, uint64_t n) {
       const uint32_t s = bucket_symbol(bucket[k], cdf[k], q);
       const Table::Symbol y = symbols[k][s];
       x[k] = static_cast<uint64_t>(y.frequency) * (x[k] >> kPrecision) + q - y.start;
-      if (x[k] < (uint64_t{1} << 32) && left[k] > 0) x[k] = (x[k] << 32) | load_word(bytes[k], --left[k]);
+      // Refill without a branch: the state needs a word about once every 32 / (bits per symbol)
+      // symbols, at random, which a branch mispredicts every time.
+      const uint64_t has = left[k] > 0;
+      const uint64_t word = load_word(bytes[k], left[k] - has);
+      const uint64_t refill = has & ((x[k] >> 32) == 0);
+      x[k] = refill ? (x[k] << 32) | word : x[k];
+      left[k] -= refill;
       out[k][i] = static_cast<int32_t>(s) + offset[k];
     }
   }
