@@ -3,9 +3,10 @@
 It is a plain shared library, not a Python extension: any onnxruntime host loads it
 (``SessionOptions.register_custom_ops_library(onnxcomp.runtime.native_library_path())`` in Python,
 ``RegisterCustomOpsLibrary`` in C/C++, C#, Java), and onnxcomp's own decode at load calls its C
-entry points through ctypes. It needs no onnxruntime headers or libraries (runtime/csrc/ort_abi.h
+entry points through ctypes, as the compressor does its per-tensor quantizer and histograms
+(runtime/csrc/quantize.cc). It needs no onnxruntime headers or libraries (runtime/csrc/ort_abi.h
 declares the part of the C API it uses). Where no C++ compiler exists the build skips it with a
-warning and the pure-Python decoders serve every path.
+warning and the pure-Python paths (constriction, numpy: the same bits) serve every path.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
-    """Load a model (and its external data, into memory) as onnx-ir."""
+    """Load a model as onnx-ir: inline tensors copied out of protobuf once, external data mapped."""
     proto = load_proto(path, external_data=False)
     weights = _read_external_weights(proto, Path(path))
     _load_external_data(proto, Path(path))  # what is left: subgraph tensors, types numpy lacks
@@ -72,8 +72,10 @@ def load_model(path: str | os.PathLike) -> ir.Model:
 
 def _read_external_weights(proto: onnx.ModelProto, path: Path) -> dict[str, np.ndarray]:
     """The main graph's external-data initializers of plain numpy types, as read-only views of
-    their files mapped into memory (``MappedWeights``: nothing is read until used, and pages used
-    can be handed back, see ``release_pages``); their protos are left empty."""
+    their files mapped into memory (nothing is read until used, and what was used can be handed
+    back: ``release_pages``); their protos are left empty. The extents are checked here, so a
+    short or misplaced file is a ModelLoadError naming the tensor, never a fault on first use
+    (a file truncated by another process *while* it is mapped is beyond what a reader can check)."""
     from onnx.external_data_helper import ExternalDataInfo, c_checker
 
     arrays: dict[str, np.ndarray] = {}

@@ -14,7 +14,9 @@ One shared library serves two callers:
   loader's to check);
 - onnxcomp's own decode at load, through ctypes (:func:`entropy_decode_batch`,
   :func:`entropy_decode_into`, :func:`byte_plane_decode_into`): a foreign call releases the GIL,
-  so streams decode on every core in threads, with no fork.
+  so streams decode on every core in threads, with no fork;
+- the compressor's per-tensor arithmetic (:func:`quantize_nearest`, :func:`histogram_int32`),
+  bit for bit numpy's, in threads the same way.
 
 Where the library is missing (no compiler when the package was built) or disabled
 (``ONNXCOMP_NATIVE=0``), the Python decoders (constriction) serve decode at load and

@@ -59,15 +59,13 @@ def unseen_in(changes: dict[str, float]) -> set[str]:
 
 
 class RefinementModel:
-    """The module doc's squares-add model, applied to the uniform search's per-tensor refinement
-    (``step_search.coarsest_bits``) on a relative output change: a tensor's share of the squared
-    change at ``bits`` is (c * 2**(SENSITIVITY_BITS - bits))**2, c its measured ``changes`` entry.
-
-    - ``predicted``: the change after coarsening a measured tensor, without an evaluation (a
-      prediction over the budget is not tried; one under it still is, and the measurement decides);
-    - ``unseen``: whether a trial on a tensor *not* measured moved the change by no more than a
-      tensor at the UNSEEN sensitivity would: the trial is then its sensitivity measurement, and
-      the tensor keeps its bits like the measured unseen ones (no evidence is not safety)."""
+    """Which tensors the uniform search's per-tensor refinement (``step_search.coarsest_bits``)
+    may coarsen, on a relative output change: not the unseen ones. A tensor whose sensitivity was
+    measured (``changes``) is unseen as ``unseen_in`` says; one not measured is unseen when its
+    own refinement trial moved the change (either way, in squares) by no more than a tensor at
+    the UNSEEN sensitivity would (a share of (c * 2**(SENSITIVITY_BITS - bits))**2, the module
+    doc's model): the trial is its sensitivity measurement, so the refinement needs no
+    sensitivity pass of its own, and an unseen tensor keeps its bits (no evidence is not safety)."""
 
     def __init__(self, changes: dict[str, float]):
         self.changes = changes
@@ -76,16 +74,10 @@ class RefinementModel:
     def share(c: float, bits: float) -> float:
         return (c * 2.0 ** (SENSITIVITY_BITS - bits)) ** 2
 
-    def predicted(self, name: str, old: float, new: float, current: float) -> float | None:
-        c = self.changes.get(name)
-        if c is None:
-            return None
-        return float(np.sqrt(max(0.0, current * current + self.share(c, new) - self.share(c, old))))
-
     def unseen(self, name: str, old: float, new: float, current: float, err: float) -> bool:
         if name in self.changes:
             return self.changes[name] <= UNSEEN
-        return err * err - current * current <= self.share(UNSEEN, new) - self.share(UNSEEN, old)
+        return abs(err * err - current * current) <= self.share(UNSEEN, new) - self.share(UNSEEN, old)
 
 
 def read_by_rows(w: Weight) -> bool:

@@ -50,7 +50,7 @@ from onnxcomp.passes.quantize.step_rule import quantize_array, step_for
 from onnxcomp.passes.quantize.allocation import (RefinementModel, allocatable, allocated_bits, sensitivities,
                                                  unseen_in)
 from onnxcomp.passes.quantize.step_search import (BITS_HIGH, Candidates, WeightSwapEvaluator, coarsest_bits, finish_search,
-                                                  search_say)
+                                                  search_say, tensors_to_refine)
 
 PROBE_SAMPLES = 8
 SYMBOLIC_DIM = 32  # a probe's size for a symbolic non-batch dimension (sequence length)
@@ -206,19 +206,22 @@ def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context
         say(f"per-tensor bits not tried: integer inputs {', '.join(symbolic)} (ids, masks, bytes)")
         per_tensor = False
     on_probes = what == "probe inputs"
-    # Each measured tensor costs an evaluation: allocation's when it runs on these inputs. The
-    # uniform search's refinement measures the rest by its own trials (RefinementModel: a trial
-    # that moves nothing marks its tensor unseen), so measuring them first would only double
-    # its evaluations; where they are measured, it skips the trials they predict to fail.
+    # Each measured tensor costs an evaluation: allocation's and the refinement's when allocation
+    # runs on these inputs. Without allocation the refinement measures its tensors by its own
+    # trials (RefinementModel: a trial that moves nothing marks its tensor unseen): measuring them
+    # first would double its evaluations, a whole-model run each (seconds at 600M parameters).
     candidates = Candidates(weights, qpass)
-    measured = allocatable(weights) if per_tensor and on_probes else []
+    allocated_names = {w.name for w in allocatable(weights)} if per_tensor and on_probes else set()
+    measured = [w for w in weights if w.name in allocated_names]
+    if allocated_names:
+        measured += [w for w in tensors_to_refine(weights) if w.name not in allocated_names]
     changes = sensitivities(measured, candidates, originals, change)
     bits, final, size = coarsest_bits(weights, qpass, change, budget, say, "output change", high, candidates,
                                       unseen_in(changes), from_top=high == 8.0, refinement=RefinementModel(changes))
     say(f"uniform: about {size / 8:,.0f} bytes of latents")
     method = "uniform"
     if per_tensor and on_probes:
-        allocated = allocated_bits(weights, candidates, changes,
+        allocated = allocated_bits(weights, candidates, {n: c for n, c in changes.items() if n in allocated_names},
                                    change, budget, bits, say)
         if allocated is not None:
             say(f"per-tensor: about {allocated[2] / 8:,.0f} bytes of latents")

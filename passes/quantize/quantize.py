@@ -143,7 +143,8 @@ class QuantizePass(CompressionPass):
         taken = all_names(model)
         # The per-tensor unit (quantize), on every core; the graph edits stay in order.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for w, (k, step) in zip(weights, pool.map(lambda w: self.quantize(w, bits[w.name])[:2], weights)):
+            for w, (k, step) in zip(weights, pool.map(lambda w: narrow_latents(*self.quantize(w, bits[w.name])[:2]),
+                                                      weights)):
                 latent = replace_with_latents(model, w, k, step, taken)
                 self.context.note(w.name, bits=bits[w.name], rounding=self.rounding(w), latent=latent)
         return ir.passes.PassResult(model, True)
@@ -212,16 +213,18 @@ def _row_step(view, step: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return view.to_matrix(np.broadcast_to(step, shape))[0]
 
 
+def narrow_latents(k: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Latents in the narrowest integer type that holds them, until pack codes them (int8 at
+    int8's grid: a quarter of the weight's bytes, not all of them, while the model is in memory)."""
+    return (k.astype(narrowest_int_dtype(int(k.min()), int(k.max())), copy=False) if k.size else k), step
+
+
 def replace_with_latents(model: ir.Model, w: Weight, k: np.ndarray, step: np.ndarray, taken: set[str]) -> str:
     """Swap weight ``w`` for latents + Cast + Mul producing a value of the weight's name; returns
     the latents' initializer name."""
     graph = model.graph
     array = w.value.const_value.numpy()
     name = w.name
-    # Held in the narrowest integer type until pack codes them (int8 at int8's grid): a
-    # quarter of the weight's bytes instead of all of them while the model is in memory.
-    if k.size:
-        k = k.astype(narrowest_int_dtype(int(k.min()), int(k.max())), copy=False)
     latent = new_initializer(graph, unique_name(model, f"{name}.latent", taken), k)
     dtype = w.value.const_value.dtype
     # bfloat16 has no CPU Mul kernel: its weights decode in float32 and are cast at the end,

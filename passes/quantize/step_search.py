@@ -252,12 +252,12 @@ def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what:
     not take), keeping ``error(weights by name) <= budget``. Returns the bits per weight, the
     final error and the latents' estimated coded size in bits (``coded_bits_estimate``, summed).
 
-    ``from_top``: the answer is expected at or just below ``high`` (the peak grid's int8 anchor,
-    where any coarser uniform step moves the outputs more than int8): the search first walks down
-    from ``high`` in doubling steps, one evaluation instead of log2(range / tolerance) when
-    ``high`` is the answer. ``refinement`` (``allocation.RefinementModel``, when ``error`` is a
-    relative output change): refinements it predicts over the budget are not evaluated, and a
-    trial that leaves the change where it was marks its tensor unseen (the trial measured it)."""
+    ``from_top``: the answer is expected at ``high`` (the peak grid's int8 anchor, where any
+    coarser uniform step moves the outputs more than int8): the bisection's last point is tried
+    first, one evaluation instead of log2(range / tolerance) when ``high`` is the answer, and
+    the same answer as the bisection's otherwise. ``refinement`` (``allocation.RefinementModel``,
+    when ``error`` is a relative output change): a trial that leaves the change where it was
+    marks its tensor unseen (the trial measured it), for tensors no sensitivity was measured of."""
     c = candidates or Candidates(weights, qpass)
     lo, hi = BITS_LOW, high
     top = error(c.feed(c.uniform(hi)))
@@ -265,16 +265,26 @@ def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what:
         say(f"even {hi} bits exceed the budget; using {hi}")
         bits = c.uniform(hi)
         return bits, top, c.size(bits)
-    current, stride = top, BITS_TOLERANCE
+    current, measured = top, {}
+    if from_top:
+        # The last point a bisection tries when every point fails: if it fails, so does every
+        # coarser one, and ``high`` is the bisection's answer without the other five tries.
+        last = lo
+        while hi - last > BITS_TOLERANCE:
+            last = (last + hi) / 2
+        if last < hi:
+            measured[last] = err = error(c.feed(c.uniform(last)))
+            say(f"bits={last:.3f} {what} {err:.4%}")
+            if err > budget:
+                lo = hi
     while hi - lo > BITS_TOLERANCE:
-        mid = max(lo, hi - stride) if from_top else (lo + hi) / 2
-        err = error(c.feed(c.uniform(mid)))
+        mid = (lo + hi) / 2
+        err = measured[mid] if mid in measured else error(c.feed(c.uniform(mid)))
         say(f"bits={mid:.3f} {what} {err:.4%}")
         if err <= budget:
             hi, current = mid, err
-            stride *= 2
         else:
-            lo, from_top = mid, False  # the answer is bracketed: bisect the rest
+            lo = mid
     bits = c.uniform(hi)
     refine = [w for w in tensors_to_refine(weights) if w.name not in unseen]
     say(f"global bits {hi:.3f}; refining the {len(refine)} largest tensors")
@@ -284,9 +294,6 @@ def coarsest_bits(weights: list[Weight], qpass, error, budget: float, say, what:
             # Coarser is not always smaller: error-compensating rounding at very coarse steps can
             # spread more nonzero latents than it saves. Only a smaller tensor is worth a try.
             if c.get(w, new)[1] >= c.get(w, old)[1]:
-                break
-            if refinement is not None and (guess := refinement.predicted(w.name, old, new, current)) is not None \
-                    and guess > budget:
                 break
             trial = {**bits, w.name: new}
             err = error(c.feed(trial))

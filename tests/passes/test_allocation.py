@@ -161,3 +161,14 @@ def test_with_calibration_inputs_the_data_free_split_stays_a_candidate(tmp_path)
     probes = probe_inputs(ir.serde.deserialize_model(normalized), seed=0)
     got = rt.InferenceSession(str(tmp_path / "c.onnx")).run(None, probes.inputs)
     assert relative_change([run(normalized, probes.inputs)], [got]) == pytest.approx(search["final_error"], rel=1e-3)
+
+
+def test_the_refinement_model_marks_unseen_only_a_trial_that_moves_nothing():
+    from onnxcomp.passes.quantize.allocation import UNSEEN, RefinementModel
+
+    model = RefinementModel({"measured": 0.04, "blind": UNSEEN / 2})
+    assert model.unseen("blind", 8.0, 7.5, 0.03, 0.03) and not model.unseen("measured", 8.0, 7.5, 0.03, 0.03)
+    # tensors measured by their trial: no change is unseen; a change either way is seen
+    assert model.unseen("other", 8.0, 7.5, 0.03, 0.03)
+    assert not model.unseen("other", 8.0, 7.5, 0.03, 0.031)
+    assert not model.unseen("other", 8.0, 7.5, 0.03, 0.029)  # coarser and the change went down: seen
