@@ -5,6 +5,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 #include <vector>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -191,9 +195,67 @@ std::string crc_mismatch(uint32_t stored, uint32_t decoded) {
 
 }  // namespace
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// CRC-32 (zlib's polynomial) of a multiple of 16 bytes, at least 64, by carry-less multiplication:
+// four 128-bit lanes folded over the data, then reduced to 32 bits (Gopal et al., "Fast CRC
+// Computation for Generic Polynomials Using PCLMULQDQ", Intel 2009). The constants are powers
+// of x modulo the bit-reflected polynomial, as every implementation of that paper uses them.
+// `c` is the register (the CRC before its final inversion), in and out.
+#define ONNXCOMP_CLMUL __attribute__((target("pclmul,sse4.1")))
+
+ONNXCOMP_CLMUL inline __m128i load(const uint8_t* q) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)); }
+
+// x folded 128 bits forward by k (its two halves multiplied by k's), plus the next block.
+ONNXCOMP_CLMUL inline __m128i fold(__m128i x, __m128i k, __m128i next) {
+  return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x11), _mm_clmulepi64_si128(x, k, 0x00)), next);
+}
+
+ONNXCOMP_CLMUL uint32_t crc32_fold(uint32_t c, const uint8_t* p, size_t size) {
+  const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596, 0x0154442bd4);
+  const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009e, 0x01751997d0);
+  const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124);
+  const __m128i poly = _mm_set_epi64x(0x01f7011641, 0x01db710641);
+  __m128i x1 = _mm_xor_si128(load(p), _mm_cvtsi32_si128(static_cast<int>(c)));
+  __m128i x2 = load(p + 16), x3 = load(p + 32), x4 = load(p + 48);
+  p += 64;
+  size -= 64;
+  for (; size >= 64; p += 64, size -= 64) {  // four lanes, each folded 512 bits forward
+    x1 = fold(x1, k1k2, load(p));
+    x2 = fold(x2, k1k2, load(p + 16));
+    x3 = fold(x3, k1k2, load(p + 32));
+    x4 = fold(x4, k1k2, load(p + 48));
+  }
+  x1 = fold(fold(fold(x1, k3k4, x2), k3k4, x3), k3k4, x4);  // into one lane
+  for (; size >= 16; p += 16, size -= 16) x1 = fold(x1, k3k4, load(p));
+  // 128 -> 64 bits
+  const __m128i low32 = _mm_setr_epi32(~0, 0, ~0, 0);
+  x2 = _mm_clmulepi64_si128(x1, k3k4, 0x10);
+  x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), x2);
+  x2 = _mm_srli_si128(x1, 4);
+  x1 = _mm_xor_si128(_mm_clmulepi64_si128(_mm_and_si128(x1, low32), k5k0, 0x00), x2);
+  // Barrett reduction to 32 bits
+  x2 = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), poly, 0x10);
+  x2 = _mm_clmulepi64_si128(_mm_and_si128(x2, low32), poly, 0x00);
+  return static_cast<uint32_t>(_mm_extract_epi32(_mm_xor_si128(x1, x2), 1));
+}
+
+const bool has_clmul = [] {
+  __builtin_cpu_init();  // a static initializer runs before the CPU model is filled in otherwise
+  return __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+}();
+#endif
+
 uint32_t crc32_update(uint32_t crc, const void* data, size_t size) {
   const uint8_t* p = static_cast<const uint8_t*>(data);
   uint32_t c = ~crc;
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (has_clmul && size >= 64) {
+    const size_t folded = size & ~size_t{15};
+    c = crc32_fold(c, p, folded);
+    p += folded;
+    size -= folded;
+  }
+#endif
   while (size >= 8) {
     uint32_t lo, hi;
     std::memcpy(&lo, p, 4);

@@ -290,3 +290,16 @@ def test_a_batch_decodes_as_one_stream_at_a_time_and_refuses_per_stream():
     scaled = np.empty(70_000, np.float32)
     assert native.entropy_decode_batch([(plans[0], scaled, step, 1000)]) == [None]
     assert scaled.tobytes() == (python_values(plans[0]).reshape(70, 1000).astype(np.float32) * step).tobytes()
+
+
+def test_the_crc_check_holds_at_every_length_around_its_folding_blocks():
+    # The library's CRC-32 folds 64-byte blocks by carry-less multiplication where the CPU has it
+    # and finishes 16-byte blocks and the tail by table: a decode only succeeds when its CRC
+    # equals the file's (zlib's), so every length from 1 to 130 values (4 to 520 bytes) and a
+    # chunk-sized one check both parts, and a flipped CRC is still refused.
+    rng = np.random.default_rng(11)
+    for n in list(range(1, 131)) + [4096 * 4 + 3]:
+        plan = plan_of(encode_tensor(rng.integers(-50, 50, n).astype(np.int32)))
+        assert native_values(plan).tobytes() == python_values(plan).tobytes()
+        with pytest.raises(FormatError, match="CRC"):
+            native_values(dataclasses.replace(plan, crc32=plan.crc32 ^ 0x80000000))
