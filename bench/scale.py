@@ -1,6 +1,6 @@
 """Deploy at scale: load, Run, decode, compress and decompress at ~25M, ~250M and ~600M+ parameters.
 
-    bash bench/run.sh scale                          # all sizes (needs ~12 GB of disk, ~40 min)
+    bash bench/run.sh scale                          # all sizes (needs ~12 GB of disk, ~10 min once built)
     .venv/bin/python bench/scale.py --sizes 25m      # one size
 
 Models are transformer-like stacks with weights in external data (built here, deterministic, tensor
