@@ -268,6 +268,16 @@ def _rewrite(data: bytes, handed_over: dict[str, np.ndarray] | None = None, *, w
         specs.append((t.shape, _narrowest(*t.value_range) if cast_only else np.dtype(np.int32)))
         targets.append((t.name, None, False))
 
+    # Integer initializers stored raw (tensors pack found cheaper uncoded: biases, mostly) that
+    # are read through the same Cast(float32) -> Mul(step) chain are folded alike, so the decoded
+    # graph is the original's: with 60 such bias chains left in a 616M-parameter model,
+    # onnxruntime 1.19 at its default optimization level loaded it in 5.3-5.7 s against the
+    # original's 2.8-3.4 s (fresh processes; equal at the basic and extended levels).
+    raw_chains = _raw_scale_chains(checked, {t.name for t in tensors}) if hand_over else []
+    for _, k, weight_name, cast, mul, step in raw_chains:
+        removed.update((id(cast), id(mul)))
+        specs.append((k.shape, np.dtype(np.float32)))
+
     total = sum(p.count for t in tensors for p in t.plans)
     workers = workers_available(workers) if total >= PARALLEL_MIN_SYMBOLS else 1
     arena = Arena(specs, shared=needs_shared_memory(workers), path=weights_file)
@@ -283,6 +293,9 @@ def _rewrite(data: bytes, handed_over: dict[str, np.ndarray] | None = None, *, w
             jobs.append(Job(plan, full[row0 : row0 + rows] if rows is not None else full, part_step, step_first))
             row0 += rows or 0
         results[name] = full
+    for (_, k, weight_name, _, _, step), full in zip(raw_chains, arena.arrays[len(tensors):]):
+        np.multiply(k.astype(np.float32), step, out=full)  # onnxruntime's Cast then Mul, in float32
+        results[weight_name] = full
     del full
     run_jobs(jobs, workers)
 
@@ -414,6 +427,26 @@ def _broadcasts(step: np.ndarray, shape: tuple[int, ...]) -> bool:
         return bool(shape) and np.broadcast_shapes(shape, step.shape) == shape
     except ValueError:
         return False
+
+
+def _raw_scale_chains(checked: CheckedGraph, coded: set[str]) -> list[tuple]:
+    """(name, its integers, the weight name, cast, mul, step) for every integer initializer of the
+    main graph, not a coded tensor's name nor a graph input (an input may be fed), whose sole
+    reader is a Cast(float32) -> Mul(float32 initializer step that broadcasts to it)."""
+    inputs = {w.string_field(f.value, w.VALUE_INFO_NAME) for f in checked.graph_fields if f.number == w.GRAPH_INPUT}
+    chains = []
+    for name, field in checked.initializers.items():
+        if name in coded or name in inputs:
+            continue
+        chain = _scale_chain(name, checked.sole_reader, checked.initializers)
+        if chain is None:
+            continue
+        cast, mul, weight_name, step, _ = chain
+        k = w.parse_tensor(field.value, f"initializer {name!r}")
+        if k.dtype.kind not in "iu" or not _broadcasts(step, k.shape) or weight_name in coded:
+            continue
+        chains.append((name, k, weight_name, cast, mul, step))
+    return chains
 
 
 def _scale_chain(name, sole_reader, initializers):

@@ -168,3 +168,19 @@ def test_an_error_in_a_decode_worker_reaches_the_caller(multi_stream, monkeypatc
     monkeypatch.setattr(load, "PARALLEL_MIN_SYMBOLS", 0)
     with pytest.raises(FormatError, match="CRC|corrupt|left"):
         rt.InferenceSession(serialize(model))
+
+
+def test_decode_at_load_folds_raw_latents_read_through_cast_and_mul_like_coded_ones(case):
+    # pack stores small latents (biases) raw; their Cast -> Mul decode chains are folded at load
+    # like the coded tensors' (the decoded graph is the original's shape), with the same floats.
+    packed, feeds = case
+    from onnxcomp.runtime.load import decode_to_arrays
+
+    graph, arrays = decode_to_arrays(packed)
+    model = onnx.load_from_string(graph)
+    raw = [t.name for t in model.graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT16)]
+    assert not raw and not [n for n in model.graph.node if n.op_type in ("Cast", "Mul")]
+    weights = {i.name for i in onnx.load_from_string(packed).graph.initializer if i.name.endswith(".latent")}
+    assert {name.removesuffix(".latent") for name in weights} <= set(arrays)  # coded and raw latents alike
+    want = run(rt.decode_model(packed), feeds, no_opt())  # the decode graph computed by onnxruntime
+    np.testing.assert_array_equal(rt.InferenceSession(packed, no_opt()).run(None, feeds)[0], want[0])
