@@ -440,9 +440,8 @@ bool entropy_decode(const Stream& s, int32_t offset, uint64_t count, uint32_t cr
   return item.ok;
 }
 
-bool byte_plane_decode(const uint8_t* bitstream, uint64_t num_bytes, const int64_t* stream_bytes,
-                       const int32_t* frequencies, int width, uint64_t count, uint32_t crc32, void* out,
-                       std::string& error) {
+bool check_byte_planes(const uint8_t* bitstream, uint64_t num_bytes, const int64_t* stream_bytes,
+                       const int32_t* frequencies, int width, uint64_t count, std::string& error) {
   if (width != 2 && width != 4) {
     error = "BytePlaneDecode element width " + std::to_string(width) + " is not 2 or 4";
     return false;
@@ -451,30 +450,38 @@ bool byte_plane_decode(const uint8_t* bitstream, uint64_t num_bytes, const int64
     error = "declared " + std::to_string(count) + " values, over the format's " + std::to_string(kMaxElements);
     return false;
   }
-  uint64_t total = 0;
+  uint64_t start = 0;
   for (int j = 0; j < width; ++j) {
-    if (stream_bytes[j] < 0 || stream_bytes[j] % 4 || static_cast<uint64_t>(stream_bytes[j]) > num_bytes - total) {
+    if (stream_bytes[j] < 0 || stream_bytes[j] % 4 || static_cast<uint64_t>(stream_bytes[j]) > num_bytes - start) {
       error = "stream_bytes must be multiples of 4 summing to the bitstream's " + std::to_string(num_bytes) + " bytes";
       return false;
     }
-    total += static_cast<uint64_t>(stream_bytes[j]);
+    const Stream plane{bitstream + start, static_cast<uint64_t>(stream_bytes[j]), frequencies + j * kPlaneSymbols,
+                       kPlaneSymbols};
+    if (!check_stream(plane, count, error)) {
+      error = "plane " + std::to_string(j) + ": " + error;
+      return false;
+    }
+    start += plane.num_bytes;
   }
-  if (total != num_bytes) {
+  if (start != num_bytes) {
     error = "stream_bytes must be multiples of 4 summing to the bitstream's " + std::to_string(num_bytes) + " bytes";
     return false;
   }
+  return true;
+}
+
+bool byte_plane_decode(const uint8_t* bitstream, uint64_t num_bytes, const int64_t* stream_bytes,
+                       const int32_t* frequencies, int width, uint64_t count, uint32_t crc32, void* out,
+                       std::string& error) {
+  if (!check_byte_planes(bitstream, num_bytes, stream_bytes, frequencies, width, count, error)) return false;
   std::vector<Table> tables(width);
   std::vector<Decoder> planes;
   uint64_t start = 0;
-  for (int j = 0; j < width; ++j) {
-    const std::string what = "plane " + std::to_string(j) + ": ";
-    const uint64_t size = static_cast<uint64_t>(stream_bytes[j]);
-    if (!check_bytes(bitstream + start, size, what.c_str(), error) ||
-        !tables[j].build(frequencies + j * kPlaneSymbols, kPlaneSymbols, count, what.c_str(), error) ||
-        !check_bound(size, tables[j].max_frequency, count, what.c_str(), error))
-      return false;
-    planes.emplace_back(bitstream + start, size / 4);
-    start += size;
+  for (int j = 0; j < width; ++j) {  // checked above: the tables build
+    tables[j].build(frequencies + j * kPlaneSymbols, kPlaneSymbols, count, "", error);
+    planes.emplace_back(bitstream + start, static_cast<uint64_t>(stream_bytes[j]) / 4);
+    start += static_cast<uint64_t>(stream_bytes[j]);
   }
   std::vector<uint32_t> rotated(kChunk);
   uint8_t* dst = static_cast<uint8_t*>(out);

@@ -61,6 +61,13 @@ struct BatchItem {
 };
 void entropy_decode_batch(BatchItem* items, size_t n);
 
+// The checks of BytePlaneDecode that need no decoding (FORMAT.md section 7): width 2 or 4, count
+// within the format, stream_bytes multiples of 4 that fit and sum to num_bytes, and every plane
+// as check_stream checks a stream. byte_plane_decode runs them first; a caller that allocates its
+// output only for a valid node (the onnxruntime kernel) runs them before it allocates.
+bool check_byte_planes(const uint8_t* bitstream, uint64_t num_bytes, const int64_t* stream_bytes,
+                       const int32_t* frequencies, int width, uint64_t count, std::string& error);
+
 // BytePlaneDecode: `width` planes (4: float32, 2: float16), their streams back to back in
 // `bitstream` with byte lengths `stream_bytes[width]`, tables `frequencies[width * 256]`.
 // `out` receives count * width bytes (the elements' little-endian bits).

@@ -211,24 +211,11 @@ bool decode_node(const Kernel& k, const Tensor (&in)[kInputs], Allocate allocate
     return false;
   }
   if (!within_budget(kWidth * count, coded, error)) return false;
-  // byte_plane_decode checks every plane's table and bound before it writes; allocate after a dry check.
+  // Allocate only for a node that can decode (byte_plane_decode runs the same checks first).
   const int64_t* sizes = static_cast<const int64_t*>(in[1].data);
-  uint64_t start = 0;
-  for (int j = 0; j < kWidth; ++j) {
-    const uint64_t size = sizes[j] < 0 ? 0 : static_cast<uint64_t>(sizes[j]);
-    if (sizes[j] < 0 || size > in[0].count - start) {
-      error = "stream_bytes do not fit the bitstream";
-      return false;
-    }
-    const onnxcomp::Stream plane{static_cast<const uint8_t*>(in[0].data) + start, size,
-                                 static_cast<const int32_t*>(in[2].data) + j * onnxcomp::kPlaneSymbols,
-                                 onnxcomp::kPlaneSymbols};
-    if (!onnxcomp::check_stream(plane, count, error)) {
-      error = "plane " + std::to_string(j) + ": " + error;
-      return false;
-    }
-    start += size;
-  }
+  if (!onnxcomp::check_byte_planes(static_cast<const uint8_t*>(in[0].data), in[0].count, sizes,
+                                   static_cast<const int32_t*>(in[2].data), kWidth, count, error))
+    return false;
   void* out = allocate(dims, kWidth * count, error);
   kernel_decodes.fetch_add(1, std::memory_order_relaxed);
   return out && onnxcomp::byte_plane_decode(static_cast<const uint8_t*>(in[0].data), in[0].count, sizes,

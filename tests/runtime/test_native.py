@@ -266,6 +266,38 @@ def test_inputs_fed_at_run_time_are_checked_and_decoded_on_each_run():
         sess.run(None, {**feeds, "s": np.array([-1, 5], np.int64)})
 
 
+def test_byte_planes_fed_at_run_time_are_checked_before_the_output_is_allocated():
+    values = np.random.default_rng(1).normal(0, 0.05, (8, 6)).astype(np.float32)
+    enc = encode_floats(values)
+    node = helper.make_node("BytePlaneDecode", ["b", "n", "f", "s"], ["v"], domain=fmt.DOMAIN, format_version=1,
+                            crc32=enc.crc32, to=TensorProto.FLOAT)
+    graph = helper.make_graph([node], "g", [
+        helper.make_tensor_value_info("b", TensorProto.UINT8, [None]),
+        helper.make_tensor_value_info("n", TensorProto.INT64, [None]),
+        helper.make_tensor_value_info("f", TensorProto.INT32, [None, None]),
+        helper.make_tensor_value_info("s", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(fmt.DOMAIN, 2)],
+                              ir_version=8)
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(rt.native_library_path())
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feeds = {"b": enc.bitstream, "n": enc.stream_bytes, "f": enc.frequencies, "s": np.array(enc.shape, np.int64)}
+    before = native.kernel_decodes()
+    assert sess.run(None, feeds)[0].tobytes() == values.tobytes()
+    assert native.kernel_decodes() - before == 1
+    short = enc.stream_bytes.copy()
+    short[-1] -= 4  # the planes no longer cover the bitstream
+    zero = enc.frequencies.copy()
+    zero[2, 0] = 0
+    for bad, message in (({"n": short}, "stream_bytes must be multiples of 4 summing"),
+                         ({"f": zero}, "plane 2: frequency table has an entry < 1"),
+                         ({"s": np.array([1 << 16, 64], np.int64)}, "plane 0: declared .* more than")):
+        with pytest.raises(Exception, match=f"onnxcomp: .*BytePlaneDecode.*{message}"):
+            sess.run(None, {**feeds, **bad})
+    assert native.kernel_decodes() - before == 1  # refused before an output was allocated
+
+
 def test_the_decode_budget_applies_per_node_and_can_be_raised(packed, monkeypatch):
     monkeypatch.setenv(native.BUDGET_ENV, "16")
     with pytest.raises(FormatError, match="over the decode budget"):
