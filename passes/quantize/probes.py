@@ -38,7 +38,9 @@ not an accuracy figure: BENCHMARKS.md (corpus) has the task metrics it gives.
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx_ir as ir
@@ -192,7 +194,9 @@ def search_bits_on_probes(model: ir.Model, weights: list[Weight], qpass, context
         evaluator.evaluations += 1
         return relative_change(reference, evaluator.batched_outputs(candidate))
 
-    weights_only = change({w.name: int8_like(w) for w in weights})
+    # Quantized on every core (the native quantizer releases the GIL): 8.2 s -> 4 s at 616M.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        weights_only = change(dict(zip((w.name for w in weights), pool.map(int8_like, weights))))
     source = "int8 weights"
     budget = weights_only * qpass.probe_margin + 1e-12
     say(f"{source} change the outputs on {len(inputs)} {what} by {weights_only:.3%}; budget {budget:.3%}")
