@@ -14,9 +14,12 @@ process that only imports the CLI's packages; VmHWM above the post-import baseli
 Per size: wall time and peak RSS of compress and decompress; load time, peak RSS and Run latency
 (batch 1, median) of plain onnxruntime on the float model, decode at load
 (onnxcomp.runtime.InferenceSession), the native op (CustomOpSession(op="native")) and the Python op
-(op="python", only where its per-Run copy through a Python list fits in memory); decode throughput
-of the native decoder alone (symbols/s on 1 thread and on every core) beside the machine's measured
-memory bandwidth. Results: bench/out/scale/scale.json and scale.md (a table with the fitted growth
+(op="python", only where its per-Run copy through a Python list fits in memory), load time the
+median of --load-repeats fresh processes (this VM's loads vary 2-3x run to run), decode at load
+split into decoding / onnxruntime's session creation / the rest; decode throughput of the native
+decoder alone (symbols/s on 1 thread and on every core) beside the machine's measured memory
+bandwidth and its rate of fresh pages (first writes to a new mapping: what decoded weights cost
+before a byte is decoded). Results: bench/out/scale/scale.json and scale.md (a table with the fitted growth
 per parameter), copied into BENCHMARKS.md by hand with this command.
 """
 
